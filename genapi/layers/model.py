@@ -1,0 +1,139 @@
+"""A decoder-only language model assembled from the building blocks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from genapi.layers.attention import causal_mask, sliding_window_mask
+from genapi.layers.block import DecoderBlock
+from genapi.layers.config import KVLayout, RotaryConfig, TransformerConfig
+from genapi.layers.kv_cache import KVCache
+from genapi.layers.norm import build_norm
+from genapi.layers.rotary import RotaryEmbedding
+
+
+class DecoderLM(nn.Module):
+    """Embedding, decoder blocks, final norm and output head over a static KV cache.
+
+    Module names (the targets of every weight-name table):
+        embedding, blocks.<i>.{pre_attention_norm, attention.{q,k,v,o}_proj,
+        attention.{q,k}_norm, post_attention_norm, pre_feed_forward_norm,
+        feed_forward.{gate,up,down}_proj, post_feed_forward_norm}, final_norm, lm_head.
+    """
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(
+            DecoderBlock(block, d_model=config.d_model) for block in config.blocks
+        )
+        self.final_norm = build_norm(config.final_norm, config.d_model)
+        if not config.tie_embeddings:
+            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias)
+
+        # One rotary table per distinct rotary config (Gemma 3 has a local and a global one).
+        rotary_keys: list[tuple[RotaryConfig, int]] = []
+        self._rotary_of_block: list[int] = []
+        for block in config.blocks:
+            key = (block.attention.rotary, block.attention.head_dim)
+            if key not in rotary_keys:
+                rotary_keys.append(key)
+            self._rotary_of_block.append(rotary_keys.index(key))
+        self.rotary = nn.ModuleList(RotaryEmbedding(rc, head_dim=d) for rc, d in rotary_keys)
+
+    def reset_buffers(self) -> None:
+        """Recompute derived buffers after materialising a model built on the meta device."""
+        for rotary in self.rotary:
+            rotary.reset_buffers()
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        input_pos: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Run T tokens through the model, writing their keys and values into the cache.
+
+        Args:
+            tokens: token ids [B, T].
+            input_pos: cache positions of the tokens [T]; defaults to 0..T-1.
+            kv_cache: the cache to attend over and update; defaults to an empty cache of T
+                positions (a plain full forward pass).
+            mask: additive mask [B or 1, 1, T, S]; defaults to the causal mask built from
+                `input_pos`. Sliding-window layers add their window to either.
+
+        Returns:
+            logits [B, T, V] and the updated cache.
+        """
+        x = self.embed(tokens)
+        x, kv_cache = self.run_blocks(x, input_pos=input_pos, kv_cache=kv_cache, mask=mask)
+        return self.head(x), kv_cache
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T] -> hidden states [B, T, C], scaled when the config asks for it."""
+        x = self.embedding(tokens)
+        if self.config.embedding_scale is not None:
+            x = x * torch.tensor(self.config.embedding_scale, dtype=x.dtype)
+        return x
+
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        *,
+        input_pos: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
+        layout: KVLayout = "transposed",
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Hidden states [B, T, C] through every block; arguments as in `forward`."""
+        b, t, _ = x.shape
+        if input_pos is None:
+            input_pos = torch.arange(t, device=x.device)
+        if kv_cache is None:
+            kv_cache = KVCache.empty(
+                self.config, cache_len=t, layout=layout, batch=b, dtype=x.dtype, device=x.device
+            )
+        cache_len = kv_cache.cache_len
+
+        ropes = [rotary(input_pos) for rotary in self.rotary]
+        full_mask = causal_mask(input_pos, cache_len) if mask is None else mask
+        window_masks: dict[int, torch.Tensor] = {}
+
+        new_k, new_v = [], []
+        for i, block in enumerate(self.blocks):
+            window = block.config.attention.sliding_window
+            layer_mask = full_mask
+            if window is not None and window < cache_len:
+                if window not in window_masks:
+                    window_masks[window] = full_mask + sliding_window_mask(
+                        input_pos, cache_len, sliding_window=window
+                    )
+                layer_mask = window_masks[window]
+            x, k, v = block(
+                x,
+                rope=ropes[self._rotary_of_block[i]],
+                input_pos=input_pos,
+                mask=layer_mask,
+                k_cache=kv_cache.k[i],
+                v_cache=kv_cache.v[i],
+                layout=kv_cache.layout,
+            )
+            new_k.append(k)
+            new_v.append(v)
+        return x, KVCache(k=new_k, v=new_v, layout=kv_cache.layout)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, T, C] -> logits [B, T, V]."""
+        x = self.final_norm(x)
+        if self.config.tie_embeddings:
+            logits = nn.functional.linear(x, self.embedding.weight)
+        else:
+            logits = self.lm_head(x)
+        if self.config.final_logit_softcap is not None:
+            cap = self.config.final_logit_softcap
+            logits = torch.tanh(logits / cap) * cap
+        return logits
