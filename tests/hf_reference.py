@@ -23,6 +23,7 @@ def random_hf_model(hf_config: dict, *, seed: int = 0, spread: float = 0.1):
     config_cls, model_cls = HF_CLASSES[hf_config["architectures"][0]]
     kwargs = {k: v for k, v in hf_config.items() if k != "architectures"}
     config = config_cls(**kwargs)
+    config.architectures = list(hf_config["architectures"])
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = model_cls(config).float().eval()

@@ -43,10 +43,10 @@ class DecoderLM(nn.Module):
             self._rotary_of_block.append(rotary_keys.index(key))
         self.rotary = nn.ModuleList(RotaryEmbedding(rc, head_dim=d) for rc, d in rotary_keys)
 
-    def reset_buffers(self) -> None:
-        """Recompute derived buffers after materialising a model built on the meta device."""
+    def reset_buffers(self, *, device: torch.device | str | None = None) -> None:
+        """Recompute derived buffers, e.g. on `device` for a model built on the meta device."""
         for rotary in self.rotary:
-            rotary.reset_buffers()
+            rotary.reset_buffers(device=device)
 
     def forward(
         self,

@@ -47,9 +47,10 @@ class RotaryEmbedding(nn.Module):
         # Derived from the config, not a weight: kept out of the state dict.
         self.register_buffer("inv_freq", inverse_frequencies(config, self.rotary_dim), False)
 
-    def reset_buffers(self) -> None:
-        """Recompute `inv_freq`, e.g. after the module was materialised from the meta device."""
-        self.inv_freq = inverse_frequencies(self.config, self.rotary_dim).to(self.inv_freq.device)
+    def reset_buffers(self, *, device: torch.device | str | None = None) -> None:
+        """Recompute `inv_freq` on `device` (default: where it is), e.g. for a meta model."""
+        device = self.inv_freq.device if device is None else device
+        self.inv_freq = inverse_frequencies(self.config, self.rotary_dim).to(device)
 
     def forward(self, input_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin tables for positions `input_pos` [T], each [T, rotary_dim], float32."""

@@ -1,0 +1,3 @@
+from genapi.cli import main
+
+raise SystemExit(main())

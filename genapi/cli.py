@@ -1,0 +1,129 @@
+"""The `genapi` command line: argument parsing and error reporting only."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+logger = logging.getLogger("genapi")
+
+# Errors a user can cause; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError)
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="most tokens to generate")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
+    parser.add_argument("--top-k", type=int, default=None, help="sample from the k best tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
+    parser.add_argument("--seed", type=int, default=None, help="seed for repeatable sampling")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genapi", description="Author small language models and run them on devices."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="answer a question with the embedded SmolLM2-135M")
+    demo.add_argument("--prompt", default=None, help="the question to ask")
+    _add_sampling_args(demo)
+
+    gen = sub.add_parser("generate", help="generate text from a checkpoint with PyTorch")
+    gen.add_argument("source", help="Hugging Face folder, hub repo id, or .gguf file")
+    gen.add_argument("--prompt", required=True, help="the prompt")
+    gen.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    gen.add_argument("--architecture", default=None, help="override the detected architecture")
+    _add_sampling_args(gen)
+
+    sub.add_parser("models", help="list the supported model families and presets")
+    return parser
+
+
+def _generate(args: argparse.Namespace, source: str, prompt: str, *, chat: bool) -> int:
+    from genapi.generate import generate
+    from genapi.loading.checkpoint import load, open_checkpoint, open_tokenizer
+    from genapi.sampling import SamplingConfig
+
+    sampling = SamplingConfig(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed
+    )
+    start = time.perf_counter()
+    ckpt = open_checkpoint(source, architecture=getattr(args, "architecture", None))
+    tokenizer = open_tokenizer(ckpt)
+    model = load(ckpt)
+    load_s = time.perf_counter() - start
+
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
+    prompt_ids = tokenizer.encode(text, add_bos=tokenizer.add_bos)
+    print(f"[{ckpt.config.name}: {ckpt.path.name}, loaded in {load_s:.1f} s]", file=sys.stderr)
+    print(f"> {prompt}", file=sys.stderr)
+
+    ids: list[int] = []
+    shown = ""
+    start = time.perf_counter()
+    first = None
+    for token in generate(
+        model,
+        prompt_ids,
+        max_new_tokens=args.max_new_tokens,
+        stop_ids=tokenizer.stop_ids,
+        sampling=sampling,
+    ):
+        first = first or time.perf_counter()
+        ids.append(token)
+        text_so_far = tokenizer.decode(ids)
+        # Print only whole characters: a token may end inside a multi-byte character.
+        if not text_so_far.endswith("\ufffd"):
+            print(text_so_far[len(shown) :], end="", flush=True)
+            shown = text_so_far
+    print()
+    end = time.perf_counter()
+    if first is not None:
+        prefill_s = first - start
+        decode_s = end - first
+        print(
+            f"[prefill {len(prompt_ids)} tokens: {len(prompt_ids) / prefill_s:.1f} tok/s; "
+            f"decode {len(ids)} tokens: {max(len(ids) - 1, 0) / max(decode_s, 1e-9):.1f} tok/s; "
+            "PyTorch fp32]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _models() -> int:
+    from genapi.models import families, preset_names
+
+    for name, family in sorted(families().items()):
+        archs = ", ".join(family.hf_architectures + family.gguf_architectures) or "-"
+        print(f"{name:10s} {archs}")
+    print("presets: " + ", ".join(preset_names()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "demo":
+            from genapi.defaults import DEFAULT_PROMPT, default_checkpoint
+
+            return _generate(
+                args, str(default_checkpoint()), args.prompt or DEFAULT_PROMPT, chat=True
+            )
+        if args.command == "generate":
+            return _generate(args, args.source, args.prompt, chat=not args.no_chat)
+        if args.command == "models":
+            return _models()
+    except USER_ERRORS as err:
+        print(f"genapi: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command!r}")
