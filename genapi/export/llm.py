@@ -1,0 +1,170 @@
+"""Export of a genapi language model to one `.tflite` file with prefill and decode signatures."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from genapi.export import lowerings  # noqa: F401  (registers the lowering table)
+from genapi.export.lower import Const, LoweringContext, Tensor, lower_program, numpy_dtype
+from genapi.export.trace import SignatureSpec, export_signature
+from genapi.export.tflite_writer import ModelBuilder
+from genapi.layers import KV_LAYOUTS, DecoderLM, KVLayout
+
+logger = logging.getLogger(__name__)
+
+
+def signature_specs(
+    *,
+    prefill_lengths: Sequence[int],
+    kv_cache_len: int,
+    kv_layout: KVLayout,
+    mask_input: bool,
+    prefill_logits: bool,
+) -> list[SignatureSpec]:
+    """The signatures of an exported model, validated.
+
+    Raises:
+        ValueError: naming a bad length or layout.
+    """
+    if kv_layout not in KV_LAYOUTS:
+        raise ValueError(
+            f"kv_layout={kv_layout!r} is not one of {', '.join(map(repr, KV_LAYOUTS))}"
+        )
+    if kv_layout == "bsgd" and not mask_input:
+        raise ValueError(
+            "kv_layout='bsgd' needs mask_input=True: without a mask LiteRT-LM reads the cache "
+            "length from dimension 2 of the K cache"
+        )
+    if kv_cache_len < 2:
+        raise ValueError(f"kv_cache_len={kv_cache_len!r} must be >= 2")
+    lengths = sorted(set(prefill_lengths))
+    if not lengths:
+        raise ValueError("prefill_lengths is empty; give at least one length, e.g. (8, 64, 128)")
+    for t in lengths:
+        if not 1 <= t <= kv_cache_len:
+            raise ValueError(
+                f"prefill length {t!r} must be between 1 and kv_cache_len={kv_cache_len}"
+            )
+    specs = [
+        SignatureSpec(f"prefill_{t}", t, kv_cache_len, kv_layout, mask_input, prefill_logits)
+        for t in lengths
+    ]
+    specs.append(SignatureSpec("decode", 1, kv_cache_len, kv_layout, mask_input, True))
+    return specs
+
+
+def export_llm(
+    model: DecoderLM,
+    path: str | os.PathLike,
+    *,
+    prefill_lengths: Sequence[int] = (8, 64, 128),
+    kv_cache_len: int = 512,
+    kv_layout: KVLayout = "transposed",
+    mask_input: bool = False,
+    prefill_logits: bool = False,
+    weights: Mapping[str, torch.Tensor] | None = None,
+) -> Path:
+    """Convert `model` to a `.tflite` file with `prefill_<T>` and `decode` signatures.
+
+    The signatures share one copy of the weights. The model may live on the meta device, in
+    which case `weights` supplies its tensors (read one at a time while the file is written).
+
+    Args:
+        model: the genapi model to convert.
+        path: the output file; written atomically.
+        prefill_lengths: one `prefill_<T>` signature per length.
+        kv_cache_len: the KV cache length S.
+        kv_layout: "transposed" (K [1, G, S, D], V [1, G, D, S]; needs no mask input),
+            "bgsd" or "bsgd" (the latter needs `mask_input`).
+        mask_input: take the additive mask [1, 1, T, S] as an input instead of building it.
+        prefill_logits: prefill signatures also output logits [1, T, V].
+        weights: genapi parameter name -> tensor, for a model on the meta device (or to
+            override the model's own weights).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: for invalid options.
+        genapi.export.lower.LoweringError: for an op the converter cannot lower.
+    """
+    specs = signature_specs(
+        prefill_lengths=prefill_lengths,
+        kv_cache_len=kv_cache_len,
+        kv_layout=kv_layout,
+        mask_input=mask_input,
+        prefill_logits=prefill_logits,
+    )
+    model = model.eval()
+    on_meta = next(model.parameters()).device.type == "meta"
+    if on_meta and weights is None:
+        raise ValueError("the model is on the meta device; pass weights= to supply its tensors")
+    programs = [(spec, export_signature(model, spec)) for spec in specs]
+    if on_meta:
+        model.reset_buffers(device="cpu")
+
+    param_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    param_dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    own = None if on_meta else dict(model.named_parameters())
+    buffers = {name: b for name, b in model.named_buffers()}
+
+    def param(target: str) -> Const:
+        name = target.removeprefix("model.")
+        source = weights if weights is not None and name in weights else own
+
+        def produce() -> torch.Tensor:
+            return source[name].detach().to(param_dtypes[name])
+
+        return Const(key=name, shape=param_shapes[name], dtype=param_dtypes[name], produce=produce)
+
+    builder = ModelBuilder(description=f"genapi: {model.config.name}")
+    for spec, program in programs:
+        _lower_signature(builder, spec, program, model, param, buffers)
+    path = Path(path)
+    builder.write(path)
+    logger.info("wrote %s (%d signatures)", path, len(specs))
+    return path
+
+
+def _lower_signature(builder, spec, program, model, param, buffers) -> None:
+    graph = builder.subgraph(spec.key)
+    ctx = LoweringContext(model=builder, graph=graph)
+    num_layers = model.config.num_layers
+    user_inputs = [s for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    names = spec.input_names(num_layers)
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    inputs: dict[str, Tensor] = {}
+    signature_inputs: dict[str, int] = {}
+    for input_spec, name in zip(user_inputs, names, strict=True):
+        val = placeholders[input_spec.arg.name].meta["val"]
+        index = graph.add_tensor(name, tuple(val.shape), numpy_dtype(val.dtype))
+        inputs[input_spec.arg.name] = Tensor(index, tuple(val.shape), val.dtype)
+        signature_inputs[name] = index
+        ctx.graph_inputs.add(index)
+
+    def buffer(target: str) -> Const:
+        if target in program.constants:
+            return ctx.constant(program.constants[target])
+        return ctx.constant(buffers[target.removeprefix("model.")])
+
+    outputs = lower_program(program, ctx, inputs=inputs, params=param, buffers=buffer)
+    signature_outputs = {}
+    for value, name in zip(outputs, spec.output_names(num_layers), strict=True):
+        signature_outputs[name] = _named_output(ctx, value, name)
+    builder.add_signature(spec.key, graph, inputs=signature_inputs, outputs=signature_outputs)
+
+
+def _named_output(ctx: LoweringContext, value, name: str) -> int:
+    """The tensor index behind output `name`; runtimes address outputs by signature name."""
+    tensor = ctx.tensor(value)
+    if tensor.index in ctx.graph_inputs:
+        # An input passed through unchanged still needs a tensor of its own as an output.
+        out = ctx.new_tensor(tensor.shape, tensor.dtype, name=name)
+        ctx.emit("RESHAPE", [tensor, ctx.int_vector(tensor.shape)], [out])
+        return out.index
+    return tensor.index

@@ -1,0 +1,335 @@
+"""Lowering of an exported ATen graph to TFLite builtin operators.
+
+Walks the nodes of a `torch.export.ExportedProgram` in order. Each value is either a
+`Tensor` of the TFLite subgraph being built or a `Const` known at conversion time. A node
+whose inputs are all constants is folded: small constants (masks' position ranges, rotary
+tables) are computed at once, while constants that depend on weights are folded lazily, so
+that the weight data is read only when the writer streams it to disk. Every other node is
+handed to the lowering registered for its ATen op in `LOWERINGS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx
+
+from genapi.export.tflite_writer import LazyBuffer, ModelBuilder, SubgraphBuilder
+
+logger = logging.getLogger(__name__)
+
+# Integer tensors are int32 in the TFLite graph: positions and token ids never need more.
+_NUMPY_DTYPES = {
+    torch.float32: np.float32,
+    torch.float16: np.float16,
+    torch.int32: np.int32,
+    torch.int64: np.int32,
+    torch.bool: np.bool_,
+    torch.int8: np.int8,
+    torch.uint8: np.uint8,
+}
+
+
+def numpy_dtype(dtype: torch.dtype) -> type:
+    """The TFLite-side numpy dtype of a torch dtype."""
+    try:
+        return _NUMPY_DTYPES[dtype]
+    except KeyError:
+        raise NotImplementedError(
+            f"tensors of dtype {dtype} are not supported yet by the converter: "
+            f"supported are {', '.join(str(d) for d in _NUMPY_DTYPES)}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor of the subgraph being built."""
+
+    index: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+@dataclass
+class Const:
+    """A value known at conversion time, computed now (`value`) or when written (`produce`)."""
+
+    key: str  # identifies the value across signatures, so shared data is stored once
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    value: torch.Tensor | None = None  # small constants: computed at once
+    produce: Callable[[], torch.Tensor] | None = None  # weight-derived: computed at write time
+
+    @property
+    def is_lazy(self) -> bool:
+        return self.value is None
+
+    def get(self) -> torch.Tensor:
+        return self.value if self.value is not None else self.produce()
+
+
+class LoweringError(NotImplementedError):
+    """An ATen op (or a use of one) the converter cannot lower; names the source line."""
+
+
+Lowering = Callable[["LoweringContext", fx.Node, tuple, dict], Any]
+LOWERINGS: dict[Any, Lowering] = {}
+
+
+def lowering(*ops) -> Callable[[Lowering], Lowering]:
+    """Register a lowering function for one or more ATen ops."""
+
+    def register(fn: Lowering) -> Lowering:
+        for op in ops:
+            LOWERINGS[op] = fn
+        return fn
+
+    return register
+
+
+def source_line(node: fx.Node) -> str:
+    """`file:line: code` of the model code that produced `node`, for error messages."""
+    trace = (node.meta.get("stack_trace") or "").strip().splitlines()
+    for i in range(len(trace) - 1, -1, -1):
+        line = trace[i].strip()
+        if line.startswith("File "):
+            parts = line.split('"')
+            where = parts[1] if len(parts) > 1 else line
+            lineno = line.rsplit("line ", 1)[-1].split(",")[0]
+            code = trace[i + 1].strip() if i + 1 < len(trace) else ""
+            return f"{where}:{lineno}: {code}"
+    return "<unknown source>"
+
+
+@dataclass
+class LoweringContext:
+    """State of lowering one exported program into one subgraph."""
+
+    model: ModelBuilder
+    graph: SubgraphBuilder
+    node: fx.Node | None = None
+    _const_tensors: dict[tuple[str, Any], Tensor] = field(default_factory=dict)
+    _names: dict[str, int] = field(default_factory=dict)
+    cache: dict[Any, Any] = field(default_factory=dict)  # for lowerings to share helper tensors
+    graph_inputs: set[int] = field(default_factory=set)  # indices of the signature's inputs
+
+    # -- tensors ------------------------------------------------------------------------------
+
+    def unique_name(self, base: str) -> str:
+        count = self._names.get(base, 0)
+        self._names[base] = count + 1
+        return base if count == 0 else f"{base}_{count}"
+
+    def new_tensor(self, shape, dtype: torch.dtype, name: str | None = None) -> Tensor:
+        """An empty (activation) tensor of the subgraph."""
+        name = self.unique_name(name or (self.node.name if self.node is not None else "t"))
+        index = self.graph.add_tensor(name, tuple(shape), numpy_dtype(dtype))
+        return Tensor(index, tuple(int(d) for d in shape), dtype)
+
+    def output_like(self, node: fx.Node | None = None, *, dtype: torch.dtype | None = None):
+        node = node or self.node
+        val = node.meta["val"]
+        return self.new_tensor(tuple(val.shape), dtype or val.dtype, name=node.name)
+
+    def tensor(self, value, *, dtype: torch.dtype | None = None) -> Tensor:
+        """`value` as a subgraph tensor, turning constants into constant tensors."""
+        if isinstance(value, Tensor):
+            return value
+        if isinstance(value, (int, float, bool)):
+            dtype = dtype or (torch.float32 if isinstance(value, float) else torch.int32)
+            value = self.constant(torch.tensor(value, dtype=dtype))
+        if not isinstance(value, Const):
+            raise LoweringError(f"cannot use {value!r} as a tensor")
+        target_dtype = dtype or value.dtype
+        cache_key = (value.key, target_dtype)
+        if cache_key in self._const_tensors:
+            return self._const_tensors[cache_key]
+        np_dtype = numpy_dtype(target_dtype)
+        if value.is_lazy:
+            produce = value.produce
+
+            def make() -> np.ndarray:
+                return np.ascontiguousarray(produce().to(target_dtype).numpy().astype(np_dtype))
+
+            data = LazyBuffer(
+                nbytes=int(np.prod(value.shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize,
+                dtype=np.dtype(np_dtype),
+                produce=make,
+            )
+        else:
+            data = np.ascontiguousarray(value.value.to(target_dtype).numpy().astype(np_dtype))
+        buffer = self.model.add_buffer(data, key=(value.key, str(np_dtype)))
+        name = self.unique_name(_tensor_name(value.key))
+        index = self.graph.add_tensor(name, value.shape, np_dtype, buffer=buffer)
+        result = Tensor(index, value.shape, target_dtype)
+        self._const_tensors[cache_key] = result
+        return result
+
+    def constant(self, value: torch.Tensor | np.ndarray, *, dtype=None) -> Const:
+        """A small constant computed now, keyed by its content so equal ones are shared."""
+        tensor = torch.as_tensor(value)
+        if dtype is not None:
+            tensor = tensor.to(dtype)
+        tensor = tensor.detach().cpu().contiguous()
+        digest = hashlib.sha1(tensor.numpy().tobytes()).hexdigest()[:16]
+        key = f"const:{tensor.dtype}:{tuple(tensor.shape)}:{digest}"
+        return Const(key=key, shape=tuple(tensor.shape), dtype=tensor.dtype, value=tensor)
+
+    def int_vector(self, values) -> Tensor:
+        """A constant int32 vector tensor (shapes, axes, permutations)."""
+        return self.tensor(self.constant(torch.tensor(list(values), dtype=torch.int32)))
+
+    # -- operators ----------------------------------------------------------------------------
+
+    def emit(self, op: str, inputs, outputs, *, options=None, version: int = 1) -> None:
+        ins = [-1 if t is None else self.tensor(t).index for t in inputs]
+        outs = [t.index for t in outputs]
+        self.graph.add_operator(op, ins, outs, options=options, version=version)
+
+    def op(self, op: str, inputs, *, shape=None, dtype=None, options=None, version=1) -> Tensor:
+        """Emit `op` with one output shaped like the current node unless told otherwise."""
+        if shape is None:
+            out = self.output_like(dtype=dtype)
+        else:
+            out = self.new_tensor(shape, dtype or torch.float32, name=self.node.name)
+        self.emit(op, inputs, [out], options=options, version=version)
+        return out
+
+
+def _tensor_name(key: str) -> str:
+    if key.startswith("const:"):
+        return "const"
+    return key
+
+
+def _is_value(x) -> bool:
+    return isinstance(x, (Tensor, Const))
+
+
+def _flatten(args) -> list:
+    out = []
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            out.extend(_flatten(a))
+        else:
+            out.append(a)
+    return out
+
+
+def _materialize(x):
+    if isinstance(x, Const):
+        return x.get()
+    if isinstance(x, (list, tuple)):
+        return type(x)(_materialize(a) for a in x)
+    return x
+
+
+def _describe(x) -> str:
+    if isinstance(x, Const):
+        return x.key
+    if isinstance(x, (list, tuple)):
+        return "[" + ",".join(_describe(a) for a in x) + "]"
+    return repr(x)
+
+
+def fold(node: fx.Node, args: tuple, kwargs: dict) -> Const:
+    """Fold a node whose inputs are all constants into a constant."""
+    target = node.target
+    values = _flatten(list(args) + list(kwargs.values()))
+    lazy = any(isinstance(v, Const) and v.is_lazy for v in values)
+    val = node.meta.get("val")
+    if lazy:
+        key = f"{target}({_describe(args)};{_describe(sorted(kwargs.items()))})"
+
+        def produce() -> torch.Tensor:
+            return target(*_materialize(args), **_materialize(kwargs))
+
+        return Const(key=key, shape=tuple(val.shape), dtype=val.dtype, produce=produce)
+    result = target(*_materialize(args), **_materialize(kwargs))
+    tensor = torch.as_tensor(result)
+    digest = hashlib.sha1(tensor.detach().contiguous().numpy().tobytes()).hexdigest()[:16]
+    key = f"const:{tensor.dtype}:{tuple(tensor.shape)}:{digest}"
+    return Const(key=key, shape=tuple(tensor.shape), dtype=tensor.dtype, value=tensor)
+
+
+# Ops that only describe or re-label a value; lowered to nothing.
+_SKIPPED = {torch.ops.aten._assert_tensor_metadata.default}
+
+
+def lower_program(
+    program: torch.export.ExportedProgram,
+    ctx: LoweringContext,
+    *,
+    inputs: Mapping[str, Tensor],
+    params: Callable[[str], Const],
+    buffers: Callable[[str], Const],
+) -> list:
+    """Lower `program` into `ctx.graph`.
+
+    Args:
+        program: the exported (and decomposed) program of one signature.
+        ctx: the lowering context of the target subgraph.
+        inputs: user input name (as in the program's signature) -> subgraph tensor.
+        params: parameter name -> lazy constant for its data.
+        buffers: buffer or lifted-constant name -> constant.
+
+    Returns:
+        The values of the program's user outputs, in order.
+
+    Raises:
+        LoweringError: for an op with no lowering, naming it and its source line.
+    """
+    sig = program.graph_signature
+    env: dict[str, Any] = {}
+    placeholder_source = {}
+    for spec in sig.input_specs:
+        placeholder_source[spec.arg.name] = spec
+    for node in program.graph.nodes:
+        ctx.node = node
+        if node.op == "placeholder":
+            spec = placeholder_source[node.name]
+            kind = spec.kind.name
+            if kind == "USER_INPUT":
+                env[node.name] = inputs[node.name]
+            elif kind == "PARAMETER":
+                env[node.name] = params(spec.target)
+            elif kind in ("BUFFER", "CONSTANT_TENSOR"):
+                env[node.name] = buffers(spec.target)
+            else:
+                raise LoweringError(f"program input {node.name!r} of kind {kind} is not supported")
+        elif node.op == "call_function":
+            if node.target in _SKIPPED:
+                continue
+            args = fx.node.map_arg(node.args, lambda n: env[n.name])
+            kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+            env[node.name] = _lower_node(ctx, node, args, kwargs)
+        elif node.op == "output":
+            outputs = fx.node.map_arg(node.args[0], lambda n: env[n.name])
+            return list(outputs)
+    raise LoweringError("exported program has no output node")
+
+
+def _lower_node(ctx: LoweringContext, node: fx.Node, args: tuple, kwargs: dict):
+    if node.target is operator.getitem:  # picks one output of a multi-output op
+        return args[0][args[1]]
+    values = _flatten(list(args) + list(kwargs.values()))
+    if not any(isinstance(v, Tensor) for v in values):
+        return fold(node, args, kwargs)
+    fn = LOWERINGS.get(node.target)
+    if fn is None:
+        raise LoweringError(
+            f"no TFLite lowering for ATen op {node.target} (from {source_line(node)})"
+        )
+    try:
+        return fn(ctx, node, args, kwargs)
+    except LoweringError as err:
+        if "(from " in str(err):
+            raise
+        raise LoweringError(f"{err} (op {node.target} from {source_line(node)})") from None

@@ -1,0 +1,421 @@
+"""The table of lowerings: one function per ATen op (or family of ops) -> TFLite builtins.
+
+Shapes are static: every lowering reads its output shape from the node's traced value.
+Integer tensors are int32 on the TFLite side (see `lower.numpy_dtype`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from genapi.export.lower import Const, LoweringContext, LoweringError, Tensor, lowering
+
+aten = torch.ops.aten
+
+
+def _schema():
+    from genapi.export.tflite_writer import schema
+
+    return schema()
+
+
+def _options(name: str, **fields):
+    opts = getattr(_schema(), name)()
+    for key, value in fields.items():
+        setattr(opts, key, value)
+    return opts
+
+
+def _rank(x) -> int:
+    return len(x.shape)
+
+
+def _axis(dim: int, rank: int) -> int:
+    return dim + rank if dim < 0 else dim
+
+
+# -- no-ops -------------------------------------------------------------------------------------
+
+
+@lowering(aten.clone.default, aten.alias.default, aten.detach.default, aten.lift_fresh_copy.default)
+def _identity(ctx, node, args, kwargs):
+    return args[0]
+
+
+@lowering(aten._to_copy.default)
+def _to_copy(ctx, node, args, kwargs):
+    x = args[0]
+    out_dtype = node.meta["val"].dtype
+    if np.dtype(_np(x.dtype)) == np.dtype(_np(out_dtype)):
+        return Tensor(x.index, x.shape, out_dtype) if isinstance(x, Tensor) else x
+    return ctx.op("CAST", [x], dtype=out_dtype)
+
+
+def _np(dtype):
+    from genapi.export.lower import numpy_dtype
+
+    return numpy_dtype(dtype)
+
+
+# -- shape ops ----------------------------------------------------------------------------------
+
+
+@lowering(
+    aten.view.default,
+    aten._unsafe_view.default,
+    aten.reshape.default,
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.squeeze.default,
+    aten.flatten.using_ints,
+)
+def _reshape(ctx, node, args, kwargs):
+    x = args[0]
+    shape = tuple(node.meta["val"].shape)
+    if tuple(x.shape) == shape:
+        return x
+    new_shape = ctx.int_vector(shape)
+    return ctx.op("RESHAPE", [x, new_shape], dtype=x.dtype)
+
+
+@lowering(aten.permute.default)
+def _permute(ctx, node, args, kwargs):
+    x, dims = args
+    perm = [_axis(d, _rank(x)) for d in dims]
+    if perm == list(range(len(perm))):
+        return x
+    return ctx.op("TRANSPOSE", [x, ctx.int_vector(perm)], dtype=x.dtype)
+
+
+@lowering(aten.transpose.int)
+def _transpose(ctx, node, args, kwargs):
+    x, a, b = args
+    perm = list(range(_rank(x)))
+    a, b = _axis(a, len(perm)), _axis(b, len(perm))
+    perm[a], perm[b] = perm[b], perm[a]
+    return ctx.op("TRANSPOSE", [x, ctx.int_vector(perm)], dtype=x.dtype)
+
+
+@lowering(aten.expand.default)
+def _expand(ctx, node, args, kwargs):
+    x = args[0]
+    shape = tuple(node.meta["val"].shape)
+    if tuple(x.shape) == shape:
+        return x
+    return ctx.op("BROADCAST_TO", [x, ctx.int_vector(shape)], dtype=x.dtype)
+
+
+@lowering(aten.cat.default)
+def _cat(ctx, node, args, kwargs):
+    tensors = [t for t in args[0] if 0 not in t.shape]
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    axis = _axis(dim, len(node.meta["val"].shape))
+    if len(tensors) == 1:
+        return tensors[0]
+    opts = _options("ConcatenationOptionsT", axis=axis)
+    return ctx.op("CONCATENATION", tensors, options=opts)
+
+
+@lowering(aten.slice.Tensor)
+def _slice(ctx, node, args, kwargs):
+    x = args[0]
+    dim = _axis(args[1] if len(args) > 1 else 0, _rank(x))
+    start = args[2] if len(args) > 2 and args[2] is not None else 0
+    end = args[3] if len(args) > 3 and args[3] is not None else x.shape[dim]
+    step = args[4] if len(args) > 4 else 1
+    size = x.shape[dim]
+    start = max(0, min(size, start + size if start < 0 else start))
+    end = max(0, min(size, end + size if end < 0 else end))
+    if start == 0 and end == size and step == 1:
+        return x
+    begin = [0] * _rank(x)
+    stop = list(x.shape)
+    strides = [1] * _rank(x)
+    begin[dim], stop[dim], strides[dim] = start, end, step
+    if step == 1:
+        sizes = [e - b for b, e in zip(begin, stop, strict=True)]
+        return ctx.op("SLICE", [x, ctx.int_vector(begin), ctx.int_vector(sizes)], dtype=x.dtype)
+    return ctx.op(
+        "STRIDED_SLICE",
+        [x, ctx.int_vector(begin), ctx.int_vector(stop), ctx.int_vector(strides)],
+        options=_options("StridedSliceOptionsT"),
+        dtype=x.dtype,
+    )
+
+
+@lowering(aten.select.int)
+def _select(ctx, node, args, kwargs):
+    x, dim, index = args
+    dim = _axis(dim, _rank(x))
+    index = index + x.shape[dim] if index < 0 else index
+    begin = [0] * _rank(x)
+    sizes = list(x.shape)
+    begin[dim], sizes[dim] = index, 1
+    sliced = ctx.new_tensor(sizes, x.dtype)
+    ctx.emit("SLICE", [x, ctx.int_vector(begin), ctx.int_vector(sizes)], [sliced])
+    shape = tuple(node.meta["val"].shape)
+    return ctx.op("RESHAPE", [sliced, ctx.int_vector(shape)], dtype=x.dtype)
+
+
+# -- gathers and the cache update ---------------------------------------------------------------
+
+
+@lowering(aten.embedding.default)
+def _embedding(ctx, node, args, kwargs):
+    weight, indices = args[0], args[1]
+    opts = _options("GatherOptionsT", axis=0, batchDims=0)
+    return ctx.op("GATHER", [weight, indices], options=opts)
+
+
+@lowering(aten.index.Tensor)
+def _index(ctx, node, args, kwargs):
+    x, indices = args
+    if len(indices) != 1 or indices[0] is None:
+        raise LoweringError("only indexing the first dimension with one index tensor is supported")
+    opts = _options("GatherOptionsT", axis=0, batchDims=0)
+    return ctx.op("GATHER", [x, indices[0]], options=opts)
+
+
+@lowering(aten.index_put.default)
+def _index_put(ctx, node, args, kwargs):
+    """cache[..., pos, ...] = values with contiguous positions -> DYNAMIC_UPDATE_SLICE."""
+    cache, indices, values = args[0], args[1], args[2]
+    accumulate = args[3] if len(args) > 3 else kwargs.get("accumulate", False)
+    given = [i for i, idx in enumerate(indices) if idx is not None]
+    if accumulate or len(given) != 1:
+        raise LoweringError("index_put is lowered only as a write along one indexed dimension")
+    dim = given[0]
+    positions = indices[dim]
+    rank = _rank(cache)
+    expected = list(cache.shape)
+    expected[dim] = positions.shape[0]
+    if list(values.shape) != expected:
+        raise LoweringError(
+            f"index_put values of shape {list(values.shape)} do not cover the slice {expected}"
+        )
+    # The cache positions written by one call are consecutive, so the write is one slice
+    # starting at the first position.
+    start = _start_indices(ctx, positions, dim, rank)
+    return ctx.op("DYNAMIC_UPDATE_SLICE", [cache, values, start], dtype=cache.dtype)
+
+
+def _start_indices(ctx: LoweringContext, positions, dim: int, rank: int) -> Tensor:
+    key = ("start", positions.index if isinstance(positions, Tensor) else positions.key, dim, rank)
+    if key in ctx.cache:
+        return ctx.cache[key]
+    first = ctx.new_tensor((1,), torch.int32, name="first_pos")
+    ctx.emit("SLICE", [positions, ctx.int_vector([0]), ctx.int_vector([1])], [first])
+    parts = []
+    if dim > 0:
+        parts.append(ctx.int_vector([0] * dim))
+    parts.append(first)
+    if rank - dim - 1 > 0:
+        parts.append(ctx.int_vector([0] * (rank - dim - 1)))
+    start = ctx.new_tensor((rank,), torch.int32, name="cache_start")
+    ctx.emit("CONCATENATION", parts, [start], options=_options("ConcatenationOptionsT", axis=0))
+    ctx.cache[key] = start
+    return start
+
+
+# -- linear algebra -----------------------------------------------------------------------------
+
+
+@lowering(aten.linear.default)
+def _linear(ctx, node, args, kwargs):
+    x, weight = args[0], args[1]
+    bias = args[2] if len(args) > 2 else kwargs.get("bias")
+    if not isinstance(weight, Const):
+        raise LoweringError("linear with a computed (non-constant) weight is not supported")
+    opts = _options("FullyConnectedOptionsT", keepNumDims=True)
+    return ctx.op("FULLY_CONNECTED", [x, weight, bias], options=opts)
+
+
+@lowering(aten.bmm.default, aten.mm.default)
+def _matmul(ctx, node, args, kwargs):
+    a, b = args
+    return ctx.op("BATCH_MATMUL", [a, b], options=_options("BatchMatMulOptionsT"))
+
+
+# -- elementwise --------------------------------------------------------------------------------
+
+
+def _binary(op: str, options: str | None):
+    def lower(ctx, node, args, kwargs):
+        a, b = args[0], args[1]
+        alpha = kwargs.get("alpha", 1)
+        out_dtype = node.meta["val"].dtype
+        if alpha != 1:
+            b = ctx.op("MUL", [b, ctx.tensor(float(alpha), dtype=out_dtype)], dtype=out_dtype)
+        a = _operand(ctx, a, out_dtype)
+        b = _operand(ctx, b, out_dtype)
+        opts = _options(options) if options else None
+        return ctx.op(op, [a, b], options=opts)
+
+    return lower
+
+
+def _operand(ctx: LoweringContext, x, dtype: torch.dtype):
+    if isinstance(x, (int, float, bool)):
+        return ctx.tensor(ctx.constant(torch.tensor(x, dtype=dtype)))
+    if isinstance(x, Const) and x.dtype != dtype:
+        return ctx.tensor(x, dtype=dtype)
+    return x
+
+
+for _op, _name, _opts in [
+    ((aten.add.Tensor, aten.add.Scalar), "ADD", "AddOptionsT"),
+    ((aten.sub.Tensor, aten.sub.Scalar), "SUB", "SubOptionsT"),
+    ((aten.mul.Tensor, aten.mul.Scalar), "MUL", "MulOptionsT"),
+    ((aten.div.Tensor, aten.div.Scalar), "DIV", "DivOptionsT"),
+    ((aten.maximum.default,), "MAXIMUM", None),
+    ((aten.minimum.default,), "MINIMUM", None),
+]:
+    lowering(*_op)(_binary(_name, _opts))
+
+
+def _compare(op: str):
+    def lower(ctx, node, args, kwargs):
+        a, b = args
+        dtype = a.dtype if isinstance(a, (Tensor, Const)) else b.dtype
+        return ctx.op(op, [_operand(ctx, a, dtype), _operand(ctx, b, dtype)], dtype=torch.bool)
+
+    return lower
+
+
+for _op, _name in [
+    ((aten.le.Tensor, aten.le.Scalar), "LESS_EQUAL"),
+    ((aten.lt.Tensor, aten.lt.Scalar), "LESS"),
+    ((aten.ge.Tensor, aten.ge.Scalar), "GREATER_EQUAL"),
+    ((aten.gt.Tensor, aten.gt.Scalar), "GREATER"),
+    ((aten.eq.Tensor, aten.eq.Scalar), "EQUAL"),
+]:
+    lowering(*_op)(_compare(_name))
+
+
+@lowering(aten.logical_and.default, aten.bitwise_and.Tensor)
+def _and(ctx, node, args, kwargs):
+    return ctx.op("LOGICAL_AND", list(args[:2]), dtype=torch.bool)
+
+
+def _unary(op: str, options=None):
+    def lower(ctx, node, args, kwargs):
+        return ctx.op(op, [args[0]], options=_options(options) if options else None)
+
+    return lower
+
+
+for _op, _name in [
+    (aten.rsqrt.default, "RSQRT"),
+    (aten.sqrt.default, "SQRT"),
+    (aten.neg.default, "NEG"),
+    (aten.cos.default, "COS"),
+    (aten.sin.default, "SIN"),
+    (aten.tanh.default, "TANH"),
+    (aten.sigmoid.default, "LOGISTIC"),
+    (aten.exp.default, "EXP"),
+    (aten.relu.default, "RELU"),
+    (aten.abs.default, "ABS"),
+]:
+    lowering(_op)(_unary(_name))
+
+
+@lowering(aten.pow.Tensor_Scalar)
+def _pow(ctx, node, args, kwargs):
+    x, exponent = args
+    if exponent == 2:
+        return ctx.op("MUL", [x, x], options=_options("MulOptionsT"))
+    return ctx.op("POW", [x, ctx.tensor(float(exponent), dtype=x.dtype)])
+
+
+@lowering(aten.gelu.default)
+def _gelu(ctx, node, args, kwargs):
+    approximate = kwargs.get("approximate", args[1] if len(args) > 1 else "none") == "tanh"
+    return ctx.op("GELU", [args[0]], options=_options("GeluOptionsT", approximate=approximate))
+
+
+@lowering(aten.silu.default)
+def _silu(ctx, node, args, kwargs):
+    x = args[0]
+    gate = ctx.new_tensor(x.shape, x.dtype, name=f"{node.name}_sigmoid")
+    ctx.emit("LOGISTIC", [x], [gate])
+    return ctx.op("MUL", [x, gate], options=_options("MulOptionsT"))
+
+
+@lowering(aten.where.self)
+def _where(ctx, node, args, kwargs):
+    cond, a, b = args
+    dtype = node.meta["val"].dtype
+    return ctx.op("SELECT_V2", [cond, _operand(ctx, a, dtype), _operand(ctx, b, dtype)])
+
+
+# -- reductions and normalisation ---------------------------------------------------------------
+
+
+def _reduce(op: str):
+    def lower(ctx, node, args, kwargs):
+        x = args[0]
+        dims = args[1] if len(args) > 1 else kwargs.get("dim")
+        keep = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+        if dims is None:
+            dims = list(range(_rank(x)))
+        axes = [_axis(d, _rank(x)) for d in ([dims] if isinstance(dims, int) else dims)]
+        opts = _options("ReducerOptionsT", keepDims=bool(keep))
+        return ctx.op(op, [x, ctx.int_vector(axes)], options=opts)
+
+    return lower
+
+
+lowering(aten.mean.dim)(_reduce("MEAN"))
+lowering(aten.sum.dim_IntList)(_reduce("SUM"))
+lowering(aten.amax.default)(_reduce("REDUCE_MAX"))
+
+
+@lowering(aten._softmax.default)
+def _softmax(ctx, node, args, kwargs):
+    x, dim = args[0], args[1]
+    if _axis(dim, _rank(x)) != _rank(x) - 1:
+        raise LoweringError(f"softmax over dim {dim} (not the last) is not supported")
+    return ctx.op("SOFTMAX", [x], options=_options("SoftmaxOptionsT", beta=1.0))
+
+
+@lowering(aten.native_layer_norm.default)
+def _layer_norm(ctx, node, args, kwargs):
+    x, normalized_shape, weight, bias, eps = args
+    if len(normalized_shape) != 1:
+        raise LoweringError("layer norm over more than the last dimension is not supported")
+    rank = _rank(x)
+    reduced = (*x.shape[:-1], 1)
+    axes = ctx.int_vector([rank - 1])
+    keep = _options("ReducerOptionsT", keepDims=True)
+
+    def tmp(shape, suffix):
+        return ctx.new_tensor(shape, x.dtype, name=f"{node.name}_{suffix}")
+
+    mean, centred, squared, var, var_eps, rstd, normed = (
+        tmp(reduced, "mean"),
+        tmp(x.shape, "centred"),
+        tmp(x.shape, "sq"),
+        tmp(reduced, "var"),
+        tmp(reduced, "var_eps"),
+        tmp(reduced, "rstd"),
+        tmp(x.shape, "normed"),
+    )
+    ctx.emit("MEAN", [x, axes], [mean], options=keep)
+    ctx.emit("SUB", [x, mean], [centred], options=_options("SubOptionsT"))
+    ctx.emit("MUL", [centred, centred], [squared], options=_options("MulOptionsT"))
+    ctx.emit("MEAN", [squared, axes], [var], options=keep)
+    ctx.emit("ADD", [var, ctx.tensor(float(eps))], [var_eps], options=_options("AddOptionsT"))
+    ctx.emit("RSQRT", [var_eps], [rstd])
+    result = normed
+    ctx.emit("MUL", [centred, rstd], [normed], options=_options("MulOptionsT"))
+    if weight is not None:
+        scaled = tmp(x.shape, "scaled")
+        ctx.emit("MUL", [result, weight], [scaled], options=_options("MulOptionsT"))
+        result = scaled
+    if bias is not None:
+        shifted = tmp(x.shape, "shifted")
+        ctx.emit("ADD", [result, bias], [shifted], options=_options("AddOptionsT"))
+        result = shifted
+    return (result, None, None)
