@@ -11,8 +11,8 @@ import torch
 
 from genapi.export import lowerings  # noqa: F401  (registers the lowering table)
 from genapi.export.lower import Const, LoweringContext, Tensor, lower_program, numpy_dtype
-from genapi.export.trace import SignatureSpec, export_signature
 from genapi.export.tflite_writer import ModelBuilder
+from genapi.export.trace import SignatureSpec, export_signature
 from genapi.layers import KV_LAYOUTS, DecoderLM, KVLayout
 
 logger = logging.getLogger(__name__)
