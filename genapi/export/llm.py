@@ -148,9 +148,12 @@ def _lower_signature(builder, spec, program, model, param, buffers) -> None:
         ctx.graph_inputs.add(index)
 
     def buffer(target: str) -> Const:
-        if target in program.constants:
-            return ctx.constant(program.constants[target])
-        return ctx.constant(buffers[target.removeprefix("model.")])
+        # Buffers come from the model (recomputed on the CPU for a meta model); lifted
+        # constants from the program.
+        name = target.removeprefix("model.")
+        if name in buffers:
+            return ctx.constant(buffers[name])
+        return ctx.constant(program.constants[target])
 
     outputs = lower_program(program, ctx, inputs=inputs, params=param, buffers=buffer)
     signature_outputs = {}

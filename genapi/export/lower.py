@@ -242,6 +242,8 @@ def _describe(x) -> str:
 def fold(node: fx.Node, args: tuple, kwargs: dict) -> Const:
     """Fold a node whose inputs are all constants into a constant."""
     target = node.target
+    if "device" in kwargs:  # factories traced on the meta device are evaluated on the CPU
+        kwargs = {**kwargs, "device": torch.device("cpu")}
     values = _flatten(list(args) + list(kwargs.values()))
     lazy = any(isinstance(v, Const) and v.is_lazy for v in values)
     val = node.meta.get("val")

@@ -19,6 +19,7 @@ from genapi.models import (
     family_for_hf_architecture,
     get_family,
     load_weights,
+    plan_mapping,
 )
 
 logger = logging.getLogger(__name__)
@@ -156,3 +157,33 @@ def open_tokenizer(checkpoint: Checkpoint):
     if checkpoint.format == "gguf":
         return Tokenizer.from_gguf(checkpoint.path)
     return Tokenizer.from_folder(checkpoint.path)
+
+
+class _RenamedTensors(Mapping[str, torch.Tensor]):
+    def __init__(self, tensors: Mapping[str, torch.Tensor], source_of: dict[str, str]):
+        self._tensors = tensors
+        self._source_of = source_of  # genapi name -> checkpoint name
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._tensors[self._source_of[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._source_of)
+
+    def __len__(self) -> int:
+        return len(self._source_of)
+
+
+def model_weights(checkpoint: Checkpoint) -> Mapping[str, torch.Tensor]:
+    """The checkpoint's tensors under genapi parameter names, still read lazily.
+
+    This is what the converter streams from: pass it as `weights=` together with a model
+    built on the meta device, and no tensor is read before the file is written.
+
+    Raises:
+        genapi.models.WeightMismatchError: as for `load`.
+    """
+    meta_model = build_model(checkpoint.config, device="meta")
+    table = checkpoint.family.weight_table(checkpoint.config)
+    plan = plan_mapping(checkpoint.tensors.keys(), meta_model, table, checkpoint.config.num_layers)
+    return _RenamedTensors(checkpoint.tensors, {dst: src for src, dst in plan.items()})
