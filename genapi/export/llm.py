@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from genapi.export import lowerings  # noqa: F401  (registers the lowering table)
-from genapi.export.lower import Const, LoweringContext, Tensor, lower_program, numpy_dtype
+from genapi.export.lower import Const, LoweringContext, Tensor, lower_program
 from genapi.export.tflite_writer import ModelBuilder
 from genapi.export.trace import SignatureSpec, export_signature
 from genapi.layers import KV_LAYOUTS, DecoderLM, KVLayout
@@ -142,10 +142,9 @@ def _lower_signature(builder, spec, program, model, param, buffers) -> None:
     signature_inputs: dict[str, int] = {}
     for input_spec, name in zip(user_inputs, names, strict=True):
         val = placeholders[input_spec.arg.name].meta["val"]
-        index = graph.add_tensor(name, tuple(val.shape), numpy_dtype(val.dtype))
-        inputs[input_spec.arg.name] = Tensor(index, tuple(val.shape), val.dtype)
-        signature_inputs[name] = index
-        ctx.graph_inputs.add(index)
+        tensor = ctx.input_tensor(name, tuple(val.shape), val.dtype)
+        inputs[input_spec.arg.name] = tensor
+        signature_inputs[name] = tensor.index
 
     def buffer(target: str) -> Const:
         # Buffers come from the model (recomputed on the CPU for a meta model); lifted
@@ -159,6 +158,7 @@ def _lower_signature(builder, spec, program, model, param, buffers) -> None:
     signature_outputs = {}
     for value, name in zip(outputs, spec.output_names(num_layers), strict=True):
         signature_outputs[name] = _named_output(ctx, value, name)
+    ctx.finish(list(signature_outputs.values()))
     builder.add_signature(spec.key, graph, inputs=signature_inputs, outputs=signature_outputs)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from genapi.export.optimize import Op, optimize
 from genapi.export.tflite_writer import LazyBuffer, ModelBuilder, SubgraphBuilder
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,9 @@ class LoweringContext:
     _names: dict[str, int] = field(default_factory=dict)
     cache: dict[Any, Any] = field(default_factory=dict)  # for lowerings to share helper tensors
     graph_inputs: set[int] = field(default_factory=set)  # indices of the signature's inputs
+    ops: list[Op] = field(default_factory=list)  # operators, written by `finish`
+    shapes: dict[int, tuple] = field(default_factory=dict)  # tensor index -> shape
+    dtypes: dict[int, torch.dtype] = field(default_factory=dict)  # tensor index -> dtype
 
     # -- tensors ------------------------------------------------------------------------------
 
@@ -131,6 +135,16 @@ class LoweringContext:
         """An empty (activation) tensor of the subgraph."""
         name = self.unique_name(name or (self.node.name if self.node is not None else "t"))
         index = self.graph.add_tensor(name, tuple(shape), numpy_dtype(dtype))
+        self.shapes[index] = tuple(int(d) for d in shape)
+        self.dtypes[index] = dtype
+        return Tensor(index, tuple(int(d) for d in shape), dtype)
+
+    def input_tensor(self, name: str, shape, dtype: torch.dtype) -> Tensor:
+        """A signature input of the subgraph."""
+        index = self.graph.add_tensor(name, tuple(shape), numpy_dtype(dtype))
+        self.shapes[index] = tuple(int(d) for d in shape)
+        self.dtypes[index] = dtype
+        self.graph_inputs.add(index)
         return Tensor(index, tuple(int(d) for d in shape), dtype)
 
     def output_like(self, node: fx.Node | None = None, *, dtype: torch.dtype | None = None):
@@ -168,6 +182,8 @@ class LoweringContext:
         buffer = self.model.add_buffer(data, key=(value.key, str(np_dtype)))
         name = self.unique_name(_tensor_name(value.key))
         index = self.graph.add_tensor(name, value.shape, np_dtype, buffer=buffer)
+        self.shapes[index] = tuple(value.shape)
+        self.dtypes[index] = target_dtype
         result = Tensor(index, value.shape, target_dtype)
         self._const_tensors[cache_key] = result
         return result
@@ -188,10 +204,25 @@ class LoweringContext:
 
     # -- operators ----------------------------------------------------------------------------
 
-    def emit(self, op: str, inputs, outputs, *, options=None, version: int = 1) -> None:
+    def emit(self, op: str, inputs, outputs, *, options=None, version: int = 1, extra=None) -> None:
+        """Queue an operator; `extra` records constant inputs the optimizer reasons about."""
         ins = [-1 if t is None else self.tensor(t).index for t in inputs]
         outs = [t.index for t in outputs]
-        self.graph.add_operator(op, ins, outs, options=options, version=version)
+        self.ops.append(Op(op, ins, outs, options, version, dict(extra or {})))
+
+    def finish(self, outputs: list[int]) -> None:
+        """Optimise the queued operators and add the live ones to the subgraph."""
+
+        def reshape(source: int, shape: tuple) -> tuple[Op, int]:
+            dtype = self.dtypes[source]
+            out = self.new_tensor(shape, dtype, name="reshape")
+            return Op("RESHAPE", [source, self.int_vector(shape).index], [out.index]), out.index
+
+        for op in optimize(self.ops, shapes=self.shapes, keep=set(outputs), reshape=reshape):
+            self.graph.add_operator(
+                op.op, op.inputs, op.outputs, options=op.options, version=op.version
+            )
+        self.ops = []
 
     def op(self, op: str, inputs, *, shape=None, dtype=None, options=None, version=1) -> Tensor:
         """Emit `op` with one output shaped like the current node unless told otherwise."""

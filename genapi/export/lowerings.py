@@ -86,7 +86,13 @@ def _permute(ctx, node, args, kwargs):
     perm = [_axis(d, _rank(x)) for d in dims]
     if perm == list(range(len(perm))):
         return x
-    return ctx.op("TRANSPOSE", [x, ctx.int_vector(perm)], dtype=x.dtype)
+    return _emit_transpose(ctx, x, perm)
+
+
+def _emit_transpose(ctx, x, perm) -> Tensor:
+    out = ctx.output_like(dtype=x.dtype)
+    ctx.emit("TRANSPOSE", [x, ctx.int_vector(perm)], [out], extra={"perm": tuple(perm)})
+    return out
 
 
 @lowering(aten.transpose.int)
@@ -95,7 +101,7 @@ def _transpose(ctx, node, args, kwargs):
     perm = list(range(_rank(x)))
     a, b = _axis(a, len(perm)), _axis(b, len(perm))
     perm[a], perm[b] = perm[b], perm[a]
-    return ctx.op("TRANSPOSE", [x, ctx.int_vector(perm)], dtype=x.dtype)
+    return _emit_transpose(ctx, x, perm)
 
 
 @lowering(aten.expand.default)

@@ -101,7 +101,9 @@ class CausalSelfAttention(nn.Module):
         scores = torch.matmul(q, keys.transpose(2, 3)) * cfg.query_scale  # [B, G, R*T, S]
         if cfg.logit_softcap is not None:
             scores = torch.tanh(scores / cfg.logit_softcap) * cfg.logit_softcap
-        scores = scores.view(b, g, r, t, s) + mask[:, :, None]  # mask [B, 1, 1, T, S]
+        # Rows of group g are its r query heads, each over T positions: as [B, H, T, S] the
+        # mask [B, 1, T, S] broadcasts in 4D, which every runtime kernel handles.
+        scores = scores.view(b, h, t, s) + mask
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype).view(b, g, r * t, s)
         out = torch.matmul(probs, values)  # [B, G, R*T, D]
         return out.view(b, h, t, d).transpose(1, 2).reshape(b, t, h * d)

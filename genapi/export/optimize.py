@@ -1,0 +1,120 @@
+"""Peephole passes over a lowered subgraph, before its operators are written.
+
+The ATen graph spells out layout changes that TFLite kernels can absorb: `k.transpose(2, 3)`
+before a matmul becomes BATCH_MATMUL's `adj_y` flag instead of a TRANSPOSE that copies the
+whole KV cache on every step, and chains of RESHAPEs collapse into one. Operators whose
+outputs nobody reads are dropped at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Op:
+    """One operator of the subgraph under construction."""
+
+    op: str
+    inputs: list[int]  # tensor indices; -1 for an omitted optional input
+    outputs: list[int]
+    options: object | None = None
+    version: int = 1
+    extra: dict = field(default_factory=dict)  # constant inputs' values, e.g. a permutation
+
+
+def optimize(ops: list[Op], *, shapes: dict[int, tuple], keep: set[int], reshape) -> list[Op]:
+    """Rewrite `ops` and drop dead ones.
+
+    Args:
+        ops: operators in execution order.
+        shapes: tensor index -> shape, for every activation tensor.
+        keep: tensor indices that must stay computed (the signature's outputs).
+        reshape: callable(source_index, shape) -> (Op, output_index) making a new RESHAPE.
+
+    Returns:
+        The operators to write, in execution order.
+    """
+    ops = _fold_transposes_into_matmul(ops, shapes=shapes, reshape=reshape)
+    ops = _collapse_reshapes(ops)
+    return _drop_dead(ops, keep)
+
+
+def _producers(ops: list[Op]) -> dict[int, Op]:
+    return {out: op for op in ops for out in op.outputs}
+
+
+def _swaps_last_two(perm) -> bool:
+    n = len(perm)
+    return n >= 2 and list(perm) == [*range(n - 2), n - 1, n - 2]
+
+
+def _fold_transposes_into_matmul(ops: list[Op], *, shapes, reshape) -> list[Op]:
+    """BATCH_MATMUL(a, [RESHAPE](TRANSPOSE_last2(x))) -> BATCH_MATMUL(a, [RESHAPE](x), adj)."""
+    producers = _producers(ops)
+    result = []
+    for op in ops:
+        if op.op != "BATCH_MATMUL":
+            result.append(op)
+            continue
+        op = copy.copy(op)
+        op.inputs = list(op.inputs)
+        op.options = copy.copy(op.options)
+        for slot, flag in ((0, "adjX"), (1, "adjY")):
+            source = _untransposed(op.inputs[slot], producers, shapes)
+            if source is None:
+                continue
+            x, target_shape = source
+            if tuple(shapes[x]) != target_shape:
+                new_op, x = reshape(x, target_shape)
+                result.append(new_op)
+            op.inputs[slot] = x
+            setattr(op.options, flag, not getattr(op.options, flag))
+        result.append(op)
+    return result
+
+
+def _untransposed(index: int, producers, shapes):
+    """(x, shape) such that `index` equals RESHAPE(x, shape) with its last two dims swapped."""
+    op = producers.get(index)
+    reshaped_to = None
+    if op is not None and op.op == "RESHAPE":
+        reshaped_to = tuple(shapes[index])
+        op = producers.get(op.inputs[0])
+    if op is None or op.op != "TRANSPOSE" or not _swaps_last_two(op.extra.get("perm", ())):
+        return None
+    x = op.inputs[0]
+    x_shape = tuple(shapes[x])
+    transposed_shape = (*x_shape[:-2], x_shape[-1], x_shape[-2])
+    if reshaped_to is None:
+        return x, x_shape
+    # The RESHAPE may only regroup batch dimensions; the matrix dimensions must stay.
+    if reshaped_to[-2:] != transposed_shape[-2:]:
+        return None
+    return x, (*reshaped_to[:-2], x_shape[-2], x_shape[-1])
+
+
+def _collapse_reshapes(ops: list[Op]) -> list[Op]:
+    """RESHAPE(RESHAPE(x)) -> RESHAPE(x); the inner one dies if nothing else reads it."""
+    producers = _producers(ops)
+    result = []
+    for op in ops:
+        if op.op == "RESHAPE":
+            inner = producers.get(op.inputs[0])
+            while inner is not None and inner.op == "RESHAPE":
+                op = copy.copy(op)
+                op.inputs = [inner.inputs[0], *op.inputs[1:]]
+                inner = producers.get(op.inputs[0])
+        result.append(op)
+    return result
+
+
+def _drop_dead(ops: list[Op], keep: set[int]) -> list[Op]:
+    live = set(keep)
+    kept = []
+    for op in reversed(ops):
+        if any(out in live for out in op.outputs):
+            kept.append(op)
+            live.update(i for i in op.inputs if i >= 0)
+    return list(reversed(kept))
