@@ -39,8 +39,78 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--architecture", default=None, help="override the detected architecture")
     _add_sampling_args(gen)
 
+    conv = sub.add_parser("convert", help="convert a checkpoint to a .tflite file")
+    conv.add_argument("source", help="Hugging Face folder, hub repo id, or .gguf file")
+    conv.add_argument("-o", "--output", required=True, help="output path ending in .tflite")
+    conv.add_argument("--architecture", default=None, help="override the detected architecture")
+    conv.add_argument(
+        "--prefill-lengths",
+        type=_int_list,
+        default=(8, 64, 128),
+        help="comma-separated prefill signature lengths (default 8,64,128)",
+    )
+    conv.add_argument("--kv-cache-len", type=int, default=512, help="KV cache length")
+    conv.add_argument(
+        "--kv-layout",
+        default="transposed",
+        help="transposed (K [1,G,S,D], V [1,G,D,S]), bgsd, or bsgd (needs --mask-input)",
+    )
+    conv.add_argument("--mask-input", action="store_true", help="take the mask as an input")
+    conv.add_argument("--prefill-logits", action="store_true", help="prefill outputs logits")
+
+    insp = sub.add_parser("inspect", help="show a .tflite file's signatures, ops and weights")
+    insp.add_argument("file", help="a .tflite file")
+    insp.add_argument("--json", action="store_true", help="print JSON for machines")
+
     sub.add_parser("models", help="list the supported model families and presets")
     return parser
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers, e.g. 8,64,128"
+        ) from None
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from genapi.export.llm import export_llm
+    from genapi.loading.checkpoint import model_weights, open_checkpoint
+    from genapi.models import build_model
+
+    if not args.output.endswith(".tflite"):
+        raise ValueError(f"output {args.output!r} must end in .tflite")
+    start = time.perf_counter()
+    ckpt = open_checkpoint(args.source, architecture=args.architecture)
+    path = export_llm(
+        build_model(ckpt.config, device="meta"),
+        args.output,
+        prefill_lengths=args.prefill_lengths,
+        kv_cache_len=args.kv_cache_len,
+        kv_layout=args.kv_layout,
+        mask_input=args.mask_input,
+        prefill_logits=args.prefill_logits,
+        weights=model_weights(ckpt),
+    )
+    size = path.stat().st_size / 2**20
+    print(f"wrote {path} ({size:.1f} MiB) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from genapi.export.inspect import format_report, inspect_model
+
+    info = inspect_model(args.file)
+    if args.json:
+        info = {k: v for k, v in info.items() if k != "metadata"}
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        print(format_report(info))
+    return 0
 
 
 def _generate(args: argparse.Namespace, source: str, prompt: str, *, chat: bool) -> int:
@@ -119,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.command == "generate":
             return _generate(args, args.source, args.prompt, chat=not args.no_chat)
+        if args.command == "convert":
+            return _convert(args)
+        if args.command == "inspect":
+            return _inspect(args)
         if args.command == "models":
             return _models()
     except USER_ERRORS as err:

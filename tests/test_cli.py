@@ -1,0 +1,60 @@
+"""The `genapi` command line: conversion, inspection and clean errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hf_reference import random_hf_model
+
+from genapi.cli import main
+from genapi.models import llama
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    random_hf_model(llama.TINY).save_pretrained(folder)
+    return folder
+
+
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run(
+        [sys.executable, "-m", "genapi", "models"], capture_output=True, text=True, check=True
+    )
+    assert "LlamaForCausalLM" in out.stdout and "smollm2-135m" in out.stdout
+
+
+def test_convert_then_inspect(tmp_path, checkpoint, capsys):
+    out = tmp_path / "tiny.tflite"
+    args = ["convert", str(checkpoint), "-o", str(out), "--prefill-lengths", "4,16"]
+    assert main([*args, "--kv-cache-len", "32"]) == 0
+    assert out.is_file()
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    keys = {s["key"] for s in info["signatures"]}
+    assert keys == {"prefill_4", "prefill_16", "decode"}
+    decode = next(s for s in info["signatures"] if s["key"] == "decode")
+    assert decode["ops"]["FULLY_CONNECTED"] >= 14
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["convert", "{ckpt}", "-o", "{tmp}/m.onnx"], "must end in .tflite"),
+        (["convert", "{tmp}/missing", "-o", "{tmp}/m.tflite"], "neither an existing folder"),
+        (["convert", "{ckpt}", "-o", "{tmp}/m.tflite", "--kv-layout", "nhwc"], "kv_layout='nhwc'"),
+        (["convert", "{ckpt}", "-o", "{tmp}/m.tflite", "--prefill-lengths", "0"], "length 0"),
+        (["inspect", "{tmp}/missing.tflite"], "missing.tflite"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, checkpoint, capsys, args, message):
+    args = [a.format(ckpt=checkpoint, tmp=tmp_path) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genapi: error:") and message in err
+    assert "\n" not in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
