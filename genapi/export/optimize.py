@@ -37,6 +37,7 @@ def optimize(ops: list[Op], *, shapes: dict[int, tuple], keep: set[int], reshape
         The operators to write, in execution order.
     """
     ops = _fold_transposes_into_matmul(ops, shapes=shapes, reshape=reshape)
+    ops = _transposes_of_unit_dims_to_reshapes(ops, shapes=shapes, reshape=reshape)
     ops = _collapse_reshapes(ops)
     return _drop_dead(ops, keep)
 
@@ -93,6 +94,26 @@ def _untransposed(index: int, producers, shapes):
     if reshaped_to[-2:] != transposed_shape[-2:]:
         return None
     return x, (*reshaped_to[:-2], x_shape[-2], x_shape[-1])
+
+
+def _transposes_of_unit_dims_to_reshapes(ops: list[Op], *, shapes, reshape) -> list[Op]:
+    """A TRANSPOSE that only moves size-1 dimensions keeps the data order: make it a RESHAPE.
+
+    With one token per decode step, most transposes around attention are of this kind.
+    """
+    result = []
+    for op in ops:
+        perm = op.extra.get("perm")
+        if op.op == "TRANSPOSE" and perm is not None:
+            shape = shapes[op.inputs[0]]
+            moved = [d for d in perm if shape[d] != 1]
+            if moved == sorted(moved):
+                new_op, out = reshape(op.inputs[0], tuple(shapes[op.outputs[0]]))
+                new_op.outputs = list(op.outputs)
+                result.append(new_op)
+                continue
+        result.append(op)
+    return result
 
 
 def _collapse_reshapes(ops: list[Op]) -> list[Op]:
