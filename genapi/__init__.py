@@ -1,8 +1,9 @@
 """genapi: author small language models in PyTorch and ship them to phones and boards."""
 
+from genapi.export.llm import export_llm
 from genapi.generate import generate
 from genapi.layers import DecoderLM, KVCache, TransformerConfig
-from genapi.loading.checkpoint import Checkpoint, load, open_checkpoint
+from genapi.loading.checkpoint import Checkpoint, load, model_weights, open_checkpoint
 from genapi.models import build_model, get_family, get_preset
 from genapi.sampling import Sampler, SamplingConfig
 
@@ -17,9 +18,11 @@ __all__ = [
     "TransformerConfig",
     "__version__",
     "build_model",
+    "export_llm",
     "generate",
     "get_family",
     "get_preset",
     "load",
+    "model_weights",
     "open_checkpoint",
 ]
