@@ -341,3 +341,23 @@ def test_blockwise_scales_are_shared_with_their_weight():
     with pytest.raises(ValueError, match="must divide"):
         bad = Quantization(quant.scale, quant.zero_point, block_size=48)
         mb.subgraph("c").add_constant("w", q, dtype=INT4, quantization=bad)
+
+
+def test_temporaries_of_a_killed_conversion_are_removed_by_the_next(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = tmp_path / f".model.tflite.genapi-tmp-{dead.stdout.strip()}"
+    stale.write_bytes(b"half a file")
+    live = tmp_path / f".other.tflite.genapi-tmp-{os.getpid()}"
+    live.write_bytes(b"still being written")
+    builder = ModelBuilder()
+    graph = builder.subgraph("main")
+    x = graph.add_tensor("x", (1, 4), np.float32)
+    y = graph.add_tensor("y", (1, 4), np.float32)
+    graph.add_operator("RELU", [x], [y])
+    builder.add_signature("serving_default", graph, inputs={"x": x}, outputs={"y": y})
+    builder.write(tmp_path / "model.tflite")
+    assert not stale.exists() and live.exists()

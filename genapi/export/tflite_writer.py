@@ -613,8 +613,9 @@ class ModelBuilder:
                 from this call and the temp file is removed.
         """
         path = Path(path)
+        remove_stale_temporaries(path.parent)
         flatbuffer, offsets = self._layout()
-        tmp = path.parent / f".{path.name}.genapi-tmp-{os.getpid()}"
+        tmp = path.parent / f".{path.name}{TMP_MARKER}{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
                 f.write(flatbuffer)
@@ -770,6 +771,36 @@ def _tensor_map(s: ModuleType, name: str, index: int) -> object:
     entry.name = name
     entry.tensorIndex = int(index)
     return entry
+
+
+TMP_MARKER = ".genapi-tmp-"
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temp files a killed conversion left in `folder` (their process is gone).
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for tmp in folder.glob(f".*{TMP_MARKER}*"):
+        pid = tmp.name.rsplit(TMP_MARKER, 1)[-1]
+        if not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+        logger.info("removed %s, left by an interrupted conversion", tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:
