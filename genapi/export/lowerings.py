@@ -43,7 +43,7 @@ def _identity(ctx, node, args, kwargs):
     return args[0]
 
 
-@lowering(aten._to_copy.default)
+@lowering(aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout, aten.type_as.default)
 def _to_copy(ctx, node, args, kwargs):
     x = args[0]
     out_dtype = node.meta["val"].dtype
@@ -184,6 +184,15 @@ def _index(ctx, node, args, kwargs):
     return ctx.op("GATHER", [x, indices[0]], options=opts)
 
 
+@lowering(aten.index_copy.default)
+def _index_copy(ctx, node, args, kwargs):
+    """cache.index_copy(dim, positions, values) with contiguous positions."""
+    cache, dim, positions, values = args
+    indices = [None] * _rank(cache)
+    indices[_axis(dim, _rank(cache))] = positions
+    return _index_put(ctx, node, (cache, indices, values), {})
+
+
 @lowering(aten.index_put.default)
 def _index_put(ctx, node, args, kwargs):
     """cache[..., pos, ...] = values with contiguous positions -> DYNAMIC_UPDATE_SLICE."""
@@ -238,9 +247,11 @@ def _linear(ctx, node, args, kwargs):
     return ctx.op("FULLY_CONNECTED", [x, weight, bias], options=opts)
 
 
-@lowering(aten.bmm.default, aten.mm.default)
+@lowering(aten.bmm.default, aten.mm.default, aten.matmul.default)
 def _matmul(ctx, node, args, kwargs):
     a, b = args
+    if _rank(a) < 2 or _rank(b) < 2:
+        raise LoweringError("matmul of a vector is not supported; reshape it to a matrix")
     return ctx.op("BATCH_MATMUL", [a, b], options=_options("BatchMatMulOptionsT"))
 
 
@@ -349,7 +360,7 @@ def _silu(ctx, node, args, kwargs):
     return ctx.op("MUL", [x, gate], options=_options("MulOptionsT"))
 
 
-@lowering(aten.where.self)
+@lowering(aten.where.self, aten.where.Scalar, aten.where.ScalarSelf, aten.where.ScalarOther)
 def _where(ctx, node, args, kwargs):
     cond, a, b = args
     dtype = node.meta["val"].dtype
@@ -378,12 +389,23 @@ lowering(aten.sum.dim_IntList)(_reduce("SUM"))
 lowering(aten.amax.default)(_reduce("REDUCE_MAX"))
 
 
-@lowering(aten._softmax.default)
+@lowering(aten._softmax.default, aten.softmax.int)
 def _softmax(ctx, node, args, kwargs):
     x, dim = args[0], args[1]
+    if node.meta["val"].dtype != x.dtype:
+        x = ctx.op("CAST", [x], shape=x.shape, dtype=node.meta["val"].dtype)
     if _axis(dim, _rank(x)) != _rank(x) - 1:
         raise LoweringError(f"softmax over dim {dim} (not the last) is not supported")
     return ctx.op("SOFTMAX", [x], options=_options("SoftmaxOptionsT", beta=1.0))
+
+
+@lowering(aten.layer_norm.default)
+def _layer_norm_single(ctx, node, args, kwargs):
+    x, normalized_shape = args[0], args[1]
+    weight = args[2] if len(args) > 2 else kwargs.get("weight")
+    bias = args[3] if len(args) > 3 else kwargs.get("bias")
+    eps = args[4] if len(args) > 4 else kwargs.get("eps", 1e-5)
+    return _layer_norm(ctx, node, (x, normalized_shape, weight, bias, eps), {})[0]
 
 
 @lowering(aten.native_layer_norm.default)

@@ -85,20 +85,14 @@ def sample_inputs(model: DecoderLM, spec: SignatureSpec, *, device) -> tuple[tor
     return tuple(inputs)
 
 
-def decompositions() -> dict:
-    """ATen decompositions to apply, keeping `linear` whole for FULLY_CONNECTED."""
-    table = torch.export.default_decompositions()
-    table.pop(torch.ops.aten.linear.default, None)
-    return table
-
-
 def export_signature(model: DecoderLM, spec: SignatureSpec) -> torch.export.ExportedProgram:
     """torch.export one signature of `model` (which may live on the meta device)."""
     device = next(model.parameters()).device
     start = time.perf_counter()
     module = SignatureModule(model, spec).eval()
+    # The graph is lowered as traced, without ATen decompositions: ops like linear, matmul and
+    # softmax map one to one onto TFLite builtins, and decomposing would double the cost.
     with torch.no_grad():
         program = torch.export.export(module, sample_inputs(model, spec, device=device))
-        program = program.run_decompositions(decompositions())
     logger.info("traced %s in %.2f s", spec.key, time.perf_counter() - start)
     return program
