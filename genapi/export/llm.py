@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -104,14 +105,10 @@ def export_llm(
     on_meta = next(model.parameters()).device.type == "meta"
     if on_meta and weights is None:
         raise ValueError("the model is on the meta device; pass weights= to supply its tensors")
-    programs = [(spec, export_signature(model, spec)) for spec in specs]
-    if on_meta:
-        model.reset_buffers(device="cpu")
-
+    buffers = _cpu_buffers(model, on_meta=on_meta)
     param_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     param_dtypes = {name: p.dtype for name, p in model.named_parameters()}
     own = None if on_meta else dict(model.named_parameters())
-    buffers = {name: b for name, b in model.named_buffers()}
 
     def param(target: str) -> Const:
         name = target.removeprefix("model.")
@@ -123,12 +120,26 @@ def export_llm(
         return Const(key=name, shape=param_shapes[name], dtype=param_dtypes[name], produce=produce)
 
     builder = ModelBuilder(description=f"genapi: {model.config.name}")
-    for spec, program in programs:
+    for spec in specs:
+        # One program at a time: a traced 30-layer graph holds hundreds of MB of metadata.
+        program = export_signature(model, spec)
         _lower_signature(builder, spec, program, model, param, buffers)
+        del program
+        gc.collect()
     path = Path(path)
     builder.write(path)
     logger.info("wrote %s (%d signatures)", path, len(specs))
     return path
+
+
+def _cpu_buffers(model: DecoderLM, *, on_meta: bool) -> dict[str, torch.Tensor]:
+    """The model's derived buffers (rotary frequencies) with values, also for a meta model."""
+    if not on_meta:
+        return dict(model.named_buffers())
+    model.reset_buffers(device="cpu")
+    values = {name: b.clone() for name, b in model.named_buffers()}
+    model.reset_buffers(device="meta")  # tracing needs every tensor on one device
+    return values
 
 
 def _lower_signature(builder, spec, program, model, param, buffers) -> None:

@@ -170,7 +170,8 @@ class LoweringContext:
             produce = value.produce
 
             def make() -> np.ndarray:
-                return np.ascontiguousarray(produce().to(target_dtype).numpy().astype(np_dtype))
+                array = produce().to(target_dtype).numpy().astype(np_dtype, copy=False)
+                return np.ascontiguousarray(array)
 
             data = LazyBuffer(
                 nbytes=int(np.prod(value.shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize,
