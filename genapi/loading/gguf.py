@@ -572,17 +572,36 @@ class GGUFCheckpoint:
         tensor = self._tensors.get(gguf_name)
         if tensor is None:
             raise KeyError(f"{gguf_name!r} is not a tensor of {str(self.path)!r}")
+        shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
         try:
-            values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+            values = _dequantize_rows(tensor.data, tensor.tensor_type, shape)
         except NotImplementedError:
             raise NotImplementedError(
                 f"GGUF tensor type {tensor.tensor_type.name} (tensor {gguf_name!r}) is not "
                 f"supported yet: gguf {_gguf_version()} dequantizes "
                 f"{', '.join(supported_tensor_types())}"
             ) from None
-        shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
-        # np.array copies: F32 data would otherwise be a read-only view of the memory map.
-        return torch.from_numpy(np.array(values, dtype=np.float32).reshape(shape))
+        return torch.from_numpy(values)
+
+
+# Rows are dequantized this many bytes of output at a time, so that the temporaries of
+# dequantization stay small next to the float32 result.
+_DEQUANT_CHUNK_BYTES = 8 << 20
+
+
+def _dequantize_rows(data: np.ndarray, qtype, shape: tuple[int, ...]) -> np.ndarray:
+    """float32 values of `data` in `shape`, a new writable array, dequantized in row chunks."""
+    out = np.empty(shape, dtype=np.float32)
+    if data.ndim < 2 or len(shape) < 2:
+        out[...] = np.asarray(gguf.quants.dequantize(data, qtype), dtype=np.float32).reshape(shape)
+        return out
+    rows = out.reshape(-1, shape[-1])
+    source = data.reshape(rows.shape[0], -1)
+    step = max(1, _DEQUANT_CHUNK_BYTES // (shape[-1] * 4))
+    for start in range(0, rows.shape[0], step):
+        chunk = gguf.quants.dequantize(source[start : start + step], qtype)
+        rows[start : start + step] = np.asarray(chunk, dtype=np.float32).reshape(-1, shape[-1])
+    return out
 
 
 def _llama3_factors(scaling: Mapping[str, Any], wavelen: torch.Tensor) -> torch.Tensor:
