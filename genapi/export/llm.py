@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def export_llm(
     mask_input: bool = False,
     prefill_logits: bool = False,
     weights: Mapping[str, torch.Tensor] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Path:
     """Convert `model` to a `.tflite` file with `prefill_<T>` and `decode` signatures.
 
@@ -86,6 +88,7 @@ def export_llm(
         prefill_logits: prefill signatures also output logits [1, T, V].
         weights: genapi parameter name -> tensor, for a model on the meta device (or to
             override the model's own weights).
+        timings: if given, filled with wall seconds per stage: "trace", "lower", "write".
 
     Returns:
         The path written.
@@ -120,14 +123,23 @@ def export_llm(
         return Const(key=name, shape=param_shapes[name], dtype=param_dtypes[name], produce=produce)
 
     builder = ModelBuilder(description=f"genapi: {model.config.name}")
+    stages = {"trace": 0.0, "lower": 0.0, "write": 0.0}
     for spec in specs:
         # One program at a time: a traced 30-layer graph holds hundreds of MB of metadata.
+        start = time.perf_counter()
         program = export_signature(model, spec)
+        stages["trace"] += time.perf_counter() - start
+        start = time.perf_counter()
         _lower_signature(builder, spec, program, model, param, buffers)
         del program
         gc.collect()
+        stages["lower"] += time.perf_counter() - start
     path = Path(path)
+    start = time.perf_counter()
     builder.write(path)
+    stages["write"] = time.perf_counter() - start
+    if timings is not None:
+        timings.update(stages)
     logger.info("wrote %s (%d signatures)", path, len(specs))
     return path
 
