@@ -14,6 +14,7 @@ from genapi.layers import DecoderLM, TransformerConfig
 from genapi.loading import huggingface
 from genapi.models import (
     ModelFamily,
+    WeightMismatchError,
     build_model,
     families,
     family_for_hf_architecture,
@@ -106,8 +107,11 @@ def open_checkpoint(source: str | Path, *, architecture: str | None = None) -> C
         tensors = huggingface.folder_tensors(path)
         fmt = "safetensors" if isinstance(tensors, huggingface.SafetensorsTensors) else "pytorch"
 
-    family = _pick_family(hf_config, architecture)
-    config = family.config_from_hf(hf_config)
+    try:
+        family = _pick_family(hf_config, architecture)
+        config = family.config_from_hf(hf_config)
+    except (ValueError, NotImplementedError) as err:
+        raise type(err)(f"{str(path)!r}: {err}") from None
     logger.info("opened %s (%s, %s family, %d tensors)", path, fmt, family.name, len(tensors))
     return Checkpoint(
         path=path, hf_config=hf_config, family=family, config=config, tensors=tensors, format=fmt
@@ -145,7 +149,10 @@ def load(
     )
     model = build_model(ckpt.config, device="meta").to(dtype)
     table = ckpt.family.weight_table(ckpt.config)
-    load_weights(model, ckpt.tensors, table, num_layers=ckpt.config.num_layers)
+    try:
+        load_weights(model, ckpt.tensors, table, num_layers=ckpt.config.num_layers)
+    except WeightMismatchError as err:
+        raise WeightMismatchError(f"{str(ckpt.path)!r}: {err}") from None
     model.reset_buffers(device="cpu")
     return model.eval()
 
@@ -185,5 +192,10 @@ def model_weights(checkpoint: Checkpoint) -> Mapping[str, torch.Tensor]:
     """
     meta_model = build_model(checkpoint.config, device="meta")
     table = checkpoint.family.weight_table(checkpoint.config)
-    plan = plan_mapping(checkpoint.tensors.keys(), meta_model, table, checkpoint.config.num_layers)
+    try:
+        plan = plan_mapping(
+            checkpoint.tensors.keys(), meta_model, table, checkpoint.config.num_layers
+        )
+    except WeightMismatchError as err:
+        raise WeightMismatchError(f"{str(checkpoint.path)!r}: {err}") from None
     return _RenamedTensors(checkpoint.tensors, {dst: src for src, dst in plan.items()})

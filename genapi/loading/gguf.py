@@ -24,6 +24,7 @@ import functools
 import inspect
 import logging
 import math
+import mmap
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -279,9 +280,9 @@ class GGUFCheckpoint:
     def _spec(self) -> _Architecture:
         spec = ARCHITECTURES.get(self.architecture)
         if spec is None:
-            raise NotImplementedError(
-                f"GGUF architecture {self.architecture!r} is not supported yet: genapi reads "
-                f"{', '.join(sorted(ARCHITECTURES))}"
+            raise ValueError(
+                f"{str(self.path)!r}: GGUF architecture {self.architecture!r} is not "
+                f"supported; supported: {', '.join(sorted(ARCHITECTURES))}"
             )
         return spec
 
@@ -566,6 +567,20 @@ class GGUFCheckpoint:
             weight = weight - spec.norm_offset
         return weight.contiguous()
 
+    def _release_pages(self, tensor) -> None:
+        """Let the kernel drop the file pages a read touched: they would count in the
+        process's RSS until the whole file is closed, although the data now lives in the
+        dequantized copy (or in the page cache, should it be read again)."""
+        mapping = getattr(self._reader.data, "_mmap", None)
+        if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = int(tensor.data_offset)
+        end = start + int(tensor.n_bytes)
+        start = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor
+        end = end // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > start:
+            mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def read_gguf_tensor(self, gguf_name: str) -> torch.Tensor:
         """A tensor by its GGUF name, dequantized to float32 in PyTorch dim order, values as
         stored (no permutation, no norm offset)."""
@@ -575,6 +590,7 @@ class GGUFCheckpoint:
         shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
         try:
             values = _dequantize_rows(tensor.data, tensor.tensor_type, shape)
+            self._release_pages(tensor)
         except NotImplementedError:
             raise NotImplementedError(
                 f"GGUF tensor type {tensor.tensor_type.name} (tensor {gguf_name!r}) is not "

@@ -43,7 +43,6 @@ class SafetensorsTensors(Mapping[str, torch.Tensor]):
 
     @classmethod
     def from_folder(cls, folder: Path) -> SafetensorsTensors:
-        from safetensors import safe_open
 
         index = folder / SAFETENSORS_INDEX
         if index.is_file():
@@ -59,20 +58,34 @@ class SafetensorsTensors(Mapping[str, torch.Tensor]):
             if len(candidates) != 1:
                 raise FileNotFoundError(f"no {SAFETENSORS} or {SAFETENSORS_INDEX} in {folder}")
             single = candidates[0]
-        with safe_open(single, framework="pt") as f:
+        with _open_safetensors(single) as f:
             return cls({name: single for name in f.keys()})
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
-
-        with safe_open(self._file_of[name], framework="pt") as f:
-            return f.get_tensor(name)
+        path = self._file_of[name]
+        with _open_safetensors(path) as f:
+            try:
+                return f.get_tensor(name)
+            except Exception as err:  # safetensors raises its own error type for bad data
+                raise ValueError(f"{str(path)!r}: cannot read tensor {name!r}: {err}") from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._file_of)
 
     def __len__(self) -> int:
         return len(self._file_of)
+
+
+def _open_safetensors(path: Path):
+    """safe_open, with damaged files reported as a ValueError naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(path, framework="pt")
+    except SafetensorError as err:
+        raise ValueError(
+            f"{str(path)!r} is not a readable safetensors file ({err}); is it truncated?"
+        ) from None
 
 
 def load_torch_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -83,12 +96,10 @@ def load_torch_bin(path: Path) -> dict[str, torch.Tensor]:
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except pickle.UnpicklingError:
         raise ValueError(
-            f"{path} needs more than tensors to unpickle, and genapi loads .bin files with "
-            f"weights_only=True so that no code in them runs ({first_line}); convert it to "
-            "safetensors"
+            f"{str(path)!r} needs more than tensors to unpickle, and genapi loads .bin files "
+            "with weights_only=True so that no code in them runs; convert it to safetensors"
         ) from None
 
 
