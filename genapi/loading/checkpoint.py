@@ -42,9 +42,13 @@ class _GGUFTensors(Mapping[str, torch.Tensor]):
     def __init__(self, reader):
         self._reader = reader
         self._names = list(reader.tensor_names())
+        self._name_set = set(self._names)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._reader.read_tensor(name)
+
+    def __contains__(self, name: object) -> bool:  # by name: never read data to answer
+        return name in self._name_set
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -173,6 +177,9 @@ class _RenamedTensors(Mapping[str, torch.Tensor]):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._tensors[self._source_of[name]]
+
+    def __contains__(self, name: object) -> bool:  # by name: never read data to answer
+        return name in self._source_of
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._source_of)

@@ -69,6 +69,9 @@ class SafetensorsTensors(Mapping[str, torch.Tensor]):
             except Exception as err:  # safetensors raises its own error type for bad data
                 raise ValueError(f"{str(path)!r}: cannot read tensor {name!r}: {err}") from None
 
+    def __contains__(self, name: object) -> bool:  # by name: never read data to answer
+        return name in self._file_of
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._file_of)
 
