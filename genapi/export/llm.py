@@ -14,7 +14,7 @@ import torch
 from genapi.export import lowerings  # noqa: F401  (registers the lowering table)
 from genapi.export.lower import Const, LoweringContext, Tensor, lower_program
 from genapi.export.tflite_writer import ModelBuilder
-from genapi.export.trace import SignatureSpec, export_signature
+from genapi.export.trace import SignatureSpec, SignatureTrace, trace_signature
 from genapi.layers import KV_LAYOUTS, DecoderLM, KVLayout
 
 logger = logging.getLogger(__name__)
@@ -127,11 +127,11 @@ def export_llm(
     for spec in specs:
         # One program at a time: a traced 30-layer graph holds hundreds of MB of metadata.
         start = time.perf_counter()
-        program = export_signature(model, spec)
+        trace = trace_signature(model, spec)
         stages["trace"] += time.perf_counter() - start
         start = time.perf_counter()
-        _lower_signature(builder, spec, program, model, param, buffers)
-        del program
+        _lower_signature(builder, spec, trace, model, param, buffers)
+        del trace
         gc.collect()
         stages["lower"] += time.perf_counter() - start
     path = Path(path)
@@ -154,20 +154,93 @@ def _cpu_buffers(model: DecoderLM, *, on_meta: bool) -> dict[str, torch.Tensor]:
     return values
 
 
-def _lower_signature(builder, spec, program, model, param, buffers) -> None:
+def _lower_signature(builder, spec, trace: SignatureTrace, model, param, buffers) -> None:
+    """Lower one signature: the prelude, each layer's block program with its own weights, and
+    the head, into one subgraph."""
     graph = builder.subgraph(spec.key)
     ctx = LoweringContext(model=builder, graph=graph)
     num_layers = model.config.num_layers
-    user_inputs = [s for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     names = spec.input_names(num_layers)
-    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
-    inputs: dict[str, Tensor] = {}
     signature_inputs: dict[str, int] = {}
-    for input_spec, name in zip(user_inputs, names, strict=True):
-        val = placeholders[input_spec.arg.name].meta["val"]
-        tensor = ctx.input_tensor(name, tuple(val.shape), val.dtype)
-        inputs[input_spec.arg.name] = tensor
-        signature_inputs[name] = tensor.index
+    for name in names:
+        shape, dtype = _input_shape(model, spec, name)
+        signature_inputs[name] = ctx.input_tensor(name, shape, dtype).index
+    tensors = {
+        name: Tensor(i, ctx.shapes[i], ctx.dtypes[i]) for name, i in signature_inputs.items()
+    }
+
+    prelude_inputs = [tensors["tokens"], tensors["input_pos"]]
+    if spec.mask_input:
+        prelude_inputs.append(tensors["mask"])
+    prelude = _lower_piece(ctx, trace.prelude, prelude_inputs, param, buffers)
+    x = prelude[0]
+    num_ropes = len(model.rotary)
+    ropes = [(prelude[1 + 2 * r], prelude[2 + 2 * r]) for r in range(num_ropes)]
+    masks = prelude[1 + 2 * num_ropes :]
+
+    outputs: dict[str, object] = {}
+    rope_of_block = model._rotary_of_block
+    mask_of_block = _mask_of_block(model, spec.cache_len)
+    for i in range(num_layers):
+        cos, sin = ropes[rope_of_block[i]]
+        program = trace.blocks[trace.program_of_block[i]]
+        k_name, v_name = f"kv_cache_k_{i}", f"kv_cache_v_{i}"
+
+        def layer_param(target: str, i=i) -> Const:
+            return param(f"blocks.{i}." + target.removeprefix("block."))
+
+        x, k, v = _lower_piece(
+            ctx,
+            program,
+            [x, cos, sin, masks[mask_of_block[i]], tensors["input_pos"], tensors[k_name],
+             tensors[v_name]],
+            layer_param,
+            buffers,
+        )  # fmt: skip
+        outputs[k_name], outputs[v_name] = k, v
+
+    if trace.head is not None:
+        outputs["logits"] = _lower_piece(ctx, trace.head, [x], param, buffers)[0]
+
+    signature_outputs = {
+        name: _named_output(ctx, outputs[name], name) for name in spec.output_names(num_layers)
+    }
+    ctx.finish(list(signature_outputs.values()))
+    builder.add_signature(spec.key, graph, inputs=signature_inputs, outputs=signature_outputs)
+
+
+def _mask_of_block(model: DecoderLM, cache_len: int) -> list[int]:
+    windows: list[int | None] = [None]
+    result = []
+    for block in model.blocks:
+        window = block.config.attention.sliding_window
+        if window is None or window >= cache_len:
+            result.append(0)
+            continue
+        if window not in windows:
+            windows.append(window)
+        result.append(windows.index(window))
+    return result
+
+
+def _input_shape(model: DecoderLM, spec, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+    t, s = spec.num_tokens, spec.cache_len
+    dtype = next(model.parameters()).dtype
+    if name == "tokens":
+        return (1, t), torch.int32
+    if name == "input_pos":
+        return (t,), torch.int32
+    if name == "mask":
+        return (1, 1, t, s), dtype
+    kind, layer = name.removeprefix("kv_cache_").split("_")
+    k_shape, v_shape = model.config.cache_shape(int(layer), cache_len=s, layout=spec.layout)
+    return (k_shape if kind == "k" else v_shape), dtype
+
+
+def _lower_piece(ctx, program, inputs: list, param, buffers) -> list:
+    """Lower a traced piece with its user inputs bound to `inputs`, in order."""
+    user_inputs = [s for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    bound = {spec.arg.name: value for spec, value in zip(user_inputs, inputs, strict=True)}
 
     def buffer(target: str) -> Const:
         # Buffers come from the model (recomputed on the CPU for a meta model); lifted
@@ -177,12 +250,7 @@ def _lower_signature(builder, spec, program, model, param, buffers) -> None:
             return ctx.constant(buffers[name])
         return ctx.constant(program.constants[target])
 
-    outputs = lower_program(program, ctx, inputs=inputs, params=param, buffers=buffer)
-    signature_outputs = {}
-    for value, name in zip(outputs, spec.output_names(num_layers), strict=True):
-        signature_outputs[name] = _named_output(ctx, value, name)
-    ctx.finish(list(signature_outputs.values()))
-    builder.add_signature(spec.key, graph, inputs=signature_inputs, outputs=signature_outputs)
+    return lower_program(program, ctx, inputs=bound, params=param, buffers=buffer)
 
 
 def _named_output(ctx: LoweringContext, value, name: str) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -11,6 +13,22 @@ from genapi.layers.config import KVLayout, RotaryConfig, TransformerConfig
 from genapi.layers.kv_cache import KVCache
 from genapi.layers.norm import build_norm
 from genapi.layers.rotary import RotaryEmbedding
+
+
+@dataclass
+class AttentionContext:
+    """What every block's attention needs besides its own input: rotary tables and masks."""
+
+    ropes: list[tuple[torch.Tensor, torch.Tensor]]  # (cos, sin) [T, R] per distinct rotary
+    masks: list[torch.Tensor]  # additive [B or 1, 1, T, S]; [0] is the full causal mask
+    rope_of_block: list[int]  # block index -> index into ropes
+    mask_of_block: list[int]  # block index -> index into masks
+
+    def rope_of(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ropes[self.rope_of_block[block]]
+
+    def mask_of(self, block: int) -> torch.Tensor:
+        return self.masks[self.mask_of_block[block]]
 
 
 class DecoderLM(nn.Module):
@@ -97,27 +115,15 @@ class DecoderLM(nn.Module):
             kv_cache = KVCache.empty(
                 self.config, cache_len=t, layout=layout, batch=b, dtype=x.dtype, device=x.device
             )
-        cache_len = kv_cache.cache_len
-
-        ropes = [rotary(input_pos) for rotary in self.rotary]
-        full_mask = causal_mask(input_pos, cache_len) if mask is None else mask
-        window_masks: dict[int, torch.Tensor] = {}
+        context = self.attention_context(input_pos, kv_cache.cache_len, mask=mask)
 
         new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
-            window = block.config.attention.sliding_window
-            layer_mask = full_mask
-            if window is not None and window < cache_len:
-                if window not in window_masks:
-                    window_masks[window] = full_mask + sliding_window_mask(
-                        input_pos, cache_len, sliding_window=window
-                    )
-                layer_mask = window_masks[window]
             x, k, v = block(
                 x,
-                rope=ropes[self._rotary_of_block[i]],
+                rope=context.rope_of(i),
                 input_pos=input_pos,
-                mask=layer_mask,
+                mask=context.mask_of(i),
                 k_cache=kv_cache.k[i],
                 v_cache=kv_cache.v[i],
                 layout=kv_cache.layout,
@@ -125,6 +131,38 @@ class DecoderLM(nn.Module):
             new_k.append(k)
             new_v.append(v)
         return x, KVCache(k=new_k, v=new_v, layout=kv_cache.layout)
+
+    def attention_context(
+        self, input_pos: torch.Tensor, cache_len: int, *, mask: torch.Tensor | None = None
+    ) -> AttentionContext:
+        """Rotary tables and masks for positions `input_pos` [T], computed once for all blocks.
+
+        Args:
+            input_pos: cache positions of the tokens.
+            cache_len: S, the cache length.
+            mask: an additive mask [B or 1, 1, T, S] to use instead of the causal one.
+        """
+        ropes = [rotary(input_pos) for rotary in self.rotary]
+        full_mask = causal_mask(input_pos, cache_len) if mask is None else mask
+        masks = [full_mask]
+        windows: list[int | None] = [None]
+        mask_of_block = []
+        for block in self.blocks:
+            window = block.config.attention.sliding_window
+            if window is None or window >= cache_len:
+                mask_of_block.append(0)
+                continue
+            if window not in windows:
+                windows.append(window)
+                window_mask = sliding_window_mask(input_pos, cache_len, sliding_window=window)
+                masks.append(full_mask + window_mask)
+            mask_of_block.append(windows.index(window))
+        return AttentionContext(
+            ropes=ropes,
+            masks=masks,
+            rope_of_block=list(self._rotary_of_block),
+            mask_of_block=mask_of_block,
+        )
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, T, C] -> logits [B, T, V]."""
