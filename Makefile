@@ -13,11 +13,11 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -qq --upgrade pip
 	# torch first and exactly pinned: pip then takes the local CPU wheel, never a CUDA build.
-	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
-	$(BIN)/python -m pip install --quiet --no-deps $(NO_DEPS_PACKAGES)
+	$(BIN)/python -m pip install -qq "torch==2.13.0"
+	$(BIN)/python -m pip install -qq -e ".[test]"
+	$(BIN)/python -m pip install -qq --no-deps $(NO_DEPS_PACKAGES)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -3,7 +3,13 @@
 from genapi.export.llm import export_llm
 from genapi.generate import generate
 from genapi.layers import DecoderLM, KVCache, TransformerConfig
-from genapi.loading.checkpoint import Checkpoint, load, model_weights, open_checkpoint
+from genapi.loading.checkpoint import (
+    Checkpoint,
+    load,
+    model_weights,
+    open_checkpoint,
+    open_tokenizer,
+)
 from genapi.models import build_model, get_family, get_preset
 from genapi.sampling import Sampler, SamplingConfig
 
@@ -25,4 +31,5 @@ __all__ = [
     "load",
     "model_weights",
     "open_checkpoint",
+    "open_tokenizer",
 ]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 
 logger = logging.getLogger("genapi")
@@ -21,12 +24,19 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed for repeatable sampling")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad argument in one line, like every other genapi error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="genapi", description="Author small language models and run them on devices."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="answer a question with the embedded SmolLM2-135M")
     demo.add_argument("--prompt", default=None, help="the question to ask")
@@ -82,6 +92,9 @@ def _convert(args: argparse.Namespace) -> int:
 
     if not args.output.endswith(".tflite"):
         raise ValueError(f"output {args.output!r} must end in .tflite")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"output folder {folder!r} does not exist")
     start = time.perf_counter()
     ckpt = open_checkpoint(args.source, architecture=args.architecture)
     path = export_llm(
@@ -121,6 +134,8 @@ def _generate(args: argparse.Namespace, source: str, prompt: str, *, chat: bool)
     sampling = SamplingConfig(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed
     )
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens} must be >= 1")
     start = time.perf_counter()
     ckpt = open_checkpoint(source, architecture=getattr(args, "architecture", None))
     tokenizer = open_tokenizer(ckpt)
@@ -150,8 +165,12 @@ def _generate(args: argparse.Namespace, source: str, prompt: str, *, chat: bool)
         if not text_so_far.endswith("\ufffd"):
             print(text_so_far[len(shown) :], end="", flush=True)
             shown = text_so_far
+    if len(ids) == args.max_new_tokens:
+        print(" [...]", end="")
     print()
     end = time.perf_counter()
+    if len(ids) == args.max_new_tokens:
+        print(f"[stopped at --max-new-tokens {args.max_new_tokens}]", file=sys.stderr)
     if first is not None:
         prefill_s = first - start
         decode_s = end - first
@@ -174,12 +193,30 @@ def _models() -> int:
     return 0
 
 
+def _interrupted(signum, frame) -> None:
+    # Exit at once: unwinding through torch's tracing machinery can bury a Ctrl-C under an
+    # unrelated traceback. A half-written output stays a temp file, removed by the next run.
+    print("\ngenapi: interrupted", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, _interrupted)
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # --verbose is about genapi's own steps, not the libraries' internals.
+    logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         if args.command == "demo":
             from genapi.defaults import DEFAULT_PROMPT, default_checkpoint
@@ -198,6 +235,4 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"genapi: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
     raise AssertionError(f"unhandled command {args.command!r}")

@@ -172,6 +172,32 @@ def _format_io(entry: dict[str, Any]) -> str:
     return f"{entry['name']}: {entry['dtype']}[{', '.join(str(d) for d in shape)}]"
 
 
+def _grouped_io(entries: list[dict[str, Any]]) -> list[str]:
+    """One line per tensor, but runs of numbered names with one shape ("kv_cache_k_0" ...
+    "kv_cache_k_29") folded into a single line."""
+    groups: dict[tuple, list[int]] = {}
+    order: list[tuple] = []
+    singles = []
+    for entry in entries:
+        stem, _, number = entry["name"].rpartition("_")
+        if stem and number.isdigit():
+            key = (stem, _format_io({**entry, "name": ""}))
+            if key not in groups:
+                groups[key] = []
+                order.append(key)
+            groups[key].append(int(number))
+        else:
+            singles.append(_format_io(entry))
+    lines = list(singles)
+    for stem, rest in order:
+        numbers = sorted(groups[(stem, rest)])
+        if len(numbers) == 1:
+            lines.append(f"{stem}_{numbers[0]}{rest}")
+        else:
+            lines.append(f"{stem}_{{{numbers[0]}..{numbers[-1]}}}{rest} (x{len(numbers)})")
+    return lines
+
+
 def format_report(info: dict[str, Any]) -> str:
     """Render an `inspect_model` result for people.
 
@@ -199,8 +225,8 @@ def format_report(info: dict[str, Any]) -> str:
             f"signature {sig['key']!r} (subgraph {sig['subgraph_index']}): "
             f"{sig['num_ops']} ops, {sig['num_tensors']} tensors"
         )
-        lines.extend(f"  in   {_format_io(e)}" for e in sig["inputs"])
-        lines.extend(f"  out  {_format_io(e)}" for e in sig["outputs"])
+        lines.extend(f"  in   {line}" for line in _grouped_io(sig["inputs"]))
+        lines.extend(f"  out  {line}" for line in _grouped_io(sig["outputs"]))
         width = max((len(name) for name in sig["ops"]), default=0)
         lines.extend(f"  {name:<{width}}  {count:>6}" for name, count in sig["ops"].items())
     return "\n".join(lines)

@@ -39,8 +39,8 @@ def signature_specs(
         )
     if kv_layout == "bsgd" and not mask_input:
         raise ValueError(
-            "kv_layout='bsgd' needs mask_input=True: without a mask LiteRT-LM reads the cache "
-            "length from dimension 2 of the K cache"
+            "kv_layout='bsgd' needs mask_input=True (--mask-input): without a mask LiteRT-LM "
+            "reads the cache length from dimension 2 of the K cache"
         )
     if kv_cache_len < 2:
         raise ValueError(f"kv_cache_len={kv_cache_len!r} must be >= 2")
@@ -104,6 +104,9 @@ def export_llm(
         mask_input=mask_input,
         prefill_logits=prefill_logits,
     )
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
     model = model.eval()
     on_meta = next(model.parameters()).device.type == "meta"
     if on_meta and weights is None:
@@ -134,7 +137,6 @@ def export_llm(
         del trace
         gc.collect()
         stages["lower"] += time.perf_counter() - start
-    path = Path(path)
     start = time.perf_counter()
     builder.write(path)
     stages["write"] = time.perf_counter() - start

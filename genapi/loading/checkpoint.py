@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -116,6 +117,7 @@ def open_checkpoint(source: str | Path, *, architecture: str | None = None) -> C
         config = family.config_from_hf(hf_config)
     except (ValueError, NotImplementedError) as err:
         raise type(err)(f"{str(path)!r}: {err}") from None
+    config = dataclasses.replace(config, name=path.stem if fmt == "gguf" else path.name)
     logger.info("opened %s (%s, %s family, %d tensors)", path, fmt, family.name, len(tensors))
     return Checkpoint(
         path=path, hf_config=hf_config, family=family, config=config, tensors=tensors, format=fmt
