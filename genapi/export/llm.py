@@ -182,7 +182,7 @@ def _lower_signature(builder, spec, trace: SignatureTrace, model, param, buffers
 
     outputs: dict[str, object] = {}
     rope_of_block = model._rotary_of_block
-    mask_of_block = _mask_of_block(model, spec.cache_len)
+    _, mask_of_block = model.mask_slots(spec.cache_len)
     for i in range(num_layers):
         cos, sin = ropes[rope_of_block[i]]
         program = trace.blocks[trace.program_of_block[i]]
@@ -209,20 +209,6 @@ def _lower_signature(builder, spec, trace: SignatureTrace, model, param, buffers
     }
     ctx.finish(list(signature_outputs.values()))
     builder.add_signature(spec.key, graph, inputs=signature_inputs, outputs=signature_outputs)
-
-
-def _mask_of_block(model: DecoderLM, cache_len: int) -> list[int]:
-    windows: list[int | None] = [None]
-    result = []
-    for block in model.blocks:
-        window = block.config.attention.sliding_window
-        if window is None or window >= cache_len:
-            result.append(0)
-            continue
-        if window not in windows:
-            windows.append(window)
-        result.append(windows.index(window))
-    return result
 
 
 def _input_shape(model: DecoderLM, spec, name: str) -> tuple[tuple[int, ...], torch.dtype]:

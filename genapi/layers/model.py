@@ -144,25 +144,30 @@ class DecoderLM(nn.Module):
         """
         ropes = [rotary(input_pos) for rotary in self.rotary]
         full_mask = causal_mask(input_pos, cache_len) if mask is None else mask
-        masks = [full_mask]
-        windows: list[int | None] = [None]
-        mask_of_block = []
-        for block in self.blocks:
-            window = block.config.attention.sliding_window
-            if window is None or window >= cache_len:
-                mask_of_block.append(0)
-                continue
-            if window not in windows:
-                windows.append(window)
-                window_mask = sliding_window_mask(input_pos, cache_len, sliding_window=window)
-                masks.append(full_mask + window_mask)
-            mask_of_block.append(windows.index(window))
+        windows, mask_of_block = self.mask_slots(cache_len)
+        masks = [full_mask] + [
+            full_mask + sliding_window_mask(input_pos, cache_len, sliding_window=window)
+            for window in windows[1:]
+        ]
         return AttentionContext(
             ropes=ropes,
             masks=masks,
             rope_of_block=list(self._rotary_of_block),
             mask_of_block=mask_of_block,
         )
+
+    def mask_slots(self, cache_len: int) -> tuple[list[int | None], list[int]]:
+        """The distinct masks blocks need (None: full causal; w: a window of w) and, per
+        block, the index of its mask. A window as long as the cache is no window at all."""
+        windows: list[int | None] = [None]
+        mask_of_block = []
+        for block in self.blocks:
+            window = block.config.attention.sliding_window
+            if window is not None and window < cache_len and window not in windows:
+                windows.append(window)
+            has_window = window is not None and window < cache_len
+            mask_of_block.append(windows.index(window) if has_window else 0)
+        return windows, mask_of_block
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, T, C] -> logits [B, T, V]."""
