@@ -1,35 +1,43 @@
-"""genapi: author small language models in PyTorch and ship them to phones and boards."""
+"""genapi: author small language models in PyTorch and ship them to phones and boards.
 
-from genapi.export.llm import export_llm
-from genapi.generate import generate
-from genapi.layers import DecoderLM, KVCache, TransformerConfig
-from genapi.loading.checkpoint import (
-    Checkpoint,
-    load,
-    model_weights,
-    open_checkpoint,
-    open_tokenizer,
-)
-from genapi.models import build_model, get_family, get_preset
-from genapi.sampling import Sampler, SamplingConfig
+Names are imported on first use, so that torch-free parts (the runtime, the tokenizer,
+sampling) can be used without importing torch.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Checkpoint",
-    "DecoderLM",
-    "KVCache",
-    "Sampler",
-    "SamplingConfig",
-    "TransformerConfig",
-    "__version__",
-    "build_model",
-    "export_llm",
-    "generate",
-    "get_family",
-    "get_preset",
-    "load",
-    "model_weights",
-    "open_checkpoint",
-    "open_tokenizer",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "Checkpoint": "genapi.loading.checkpoint",
+    "DecoderLM": "genapi.layers",
+    "KVCache": "genapi.layers",
+    "Sampler": "genapi.sampling",
+    "SamplingConfig": "genapi.sampling",
+    "TransformerConfig": "genapi.layers",
+    "build_model": "genapi.models",
+    "export_llm": "genapi.export.llm",
+    "generate": "genapi.generation",
+    "get_family": "genapi.models",
+    "get_preset": "genapi.models",
+    "load": "genapi.loading.checkpoint",
+    "model_weights": "genapi.loading.checkpoint",
+    "open_checkpoint": "genapi.loading.checkpoint",
+    "open_tokenizer": "genapi.loading.checkpoint",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'genapi' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -127,7 +127,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace, source: str, prompt: str, *, chat: bool) -> int:
-    from genapi.generate import generate
+    from genapi.generation import generate
     from genapi.loading.checkpoint import load, open_checkpoint, open_tokenizer
     from genapi.sampling import SamplingConfig
 
