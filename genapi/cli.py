@@ -106,6 +106,7 @@ def _convert(args: argparse.Namespace) -> int:
         mask_input=args.mask_input,
         prefill_logits=args.prefill_logits,
         weights=model_weights(ckpt),
+        progress=True,
     )
     size = path.stat().st_size / 2**20
     print(f"wrote {path} ({size:.1f} MiB) in {time.perf_counter() - start:.1f} s")

@@ -71,6 +71,7 @@ def export_llm(
     prefill_logits: bool = False,
     weights: Mapping[str, torch.Tensor] | None = None,
     timings: dict[str, float] | None = None,
+    progress: bool = False,
 ) -> Path:
     """Convert `model` to a `.tflite` file with `prefill_<T>` and `decode` signatures.
 
@@ -89,6 +90,7 @@ def export_llm(
         weights: genapi parameter name -> tensor, for a model on the meta device (or to
             override the model's own weights).
         timings: if given, filled with wall seconds per stage: "trace", "lower", "write".
+        progress: show a progress bar while writing, when stderr is a terminal.
 
     Returns:
         The path written.
@@ -138,7 +140,7 @@ def export_llm(
         gc.collect()
         stages["lower"] += time.perf_counter() - start
     start = time.perf_counter()
-    builder.write(path)
+    builder.write(path, progress=progress)
     stages["write"] = time.perf_counter() - start
     if timings is not None:
         timings.update(stages)
