@@ -1,0 +1,342 @@
+"""Run a genapi `.tflite` (LiteRT-LM signatures) on the CPU with ai-edge-litert, without torch.
+
+The file has `prefill_<T>` signatures and one `decode` signature with inputs `tokens`,
+`input_pos`, an optional additive `mask` and per layer `kv_cache_k_<i>`/`kv_cache_v_<i>`,
+which come back as outputs under the same names; `decode` also outputs `logits` [1, 1, V].
+
+Generation follows LiteRT-LM: every prompt token but the last goes through prefill calls,
+the last one is fed to the first decode call, whose logits give the first new token.
+
+BOS rule: `Tokenizer.encode` adds no BOS. `prompt_ids` prepends `tokenizer.bos_id` once when
+`tokenizer.add_bos` says the model wants it (and the text does not already start with it,
+as chat templates that write BOS themselves do). `LiteRTGenerator.generate` takes ids as
+they are and adds nothing.
+
+Runtime: `ai_edge_litert.compiled_model.CompiledModel` on the CPU (XNNPACK). With a weight
+cache file (`weight_cache=`) XNNPACK packs the weights once into that file and maps it on
+later runs, so all signatures share one packed copy instead of one per signature (the
+`Interpreter` packs shared weights once per subgraph).
+Measured on SmolLM2-135M fp32 (538 MB file, two signatures): process RSS after a short run
+was 1.68 GB without a cache file (as with the Interpreter) and 0.62 GB with one already built
+(0.74 GB on the run that builds it; the cache file is 539 MB). Packing happens at the first call.
+
+Buffers: the runtime's own `TensorBuffer`s are created once per signature input/output and
+reused on every call. (`TensorBuffer.create_from_host_memory` would bind NumPy arrays without a
+copy, but it makes 1-D buffers, which CompiledModel 2.3.0 rejects for fixed-shape inputs:
+"Cannot auto-resize tensor tokens".) So tokens, positions and the mask [1, 1, T, S] are copied
+in and decode logits [V] are copied out each call; all of these are small.
+
+KV cache hand-back: two sets of cache buffers, A and B, are made once. A call reads the cache
+from one set and writes its updated cache into the other; the next call swaps them. Every
+signature has the same cache shapes, so the same buffers serve prefill and decode and no cache
+byte is copied outside the graph (the graph writes a full updated cache each call: its
+DYNAMIC_UPDATE_SLICE outputs). The cost is holding the cache twice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from genapi.sampling import Sampler, SamplingConfig
+
+if TYPE_CHECKING:
+    from genapi.tokenizer import Tokenizer
+
+MASK_VALUE = -1e30  # additive mask value of hidden cache slots
+_KV_NAME = re.compile(r"kv_cache_([kv])_(\d+)$")
+
+
+def prompt_ids(tokenizer: Tokenizer, text: str, *, chat: bool) -> list[int]:
+    """Token ids of a prompt, with BOS once if the model wants it.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        text: the prompt, or the user message when `chat` is set.
+        chat: wrap `text` as one user message in the tokenizer's chat template first.
+    """
+    if chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}])
+    ids = tokenizer.encode(text)
+    bos = tokenizer.bos_id
+    if tokenizer.add_bos and bos is not None and ids[:1] != [bos]:
+        ids = [bos, *ids]
+    return ids
+
+
+@dataclass
+class GenerationStats:
+    """Timings of the last `generate` run.
+
+    Prefill covers the prompt tokens but the last (the prefill calls); decode covers every
+    decode call, the first of which consumes the last prompt token and yields the first new
+    token. `decode_tokens` counts tokens sampled, a final stop token included.
+    """
+
+    prompt_tokens: int = 0
+    prefill_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_tokens: int = 0
+    decode_seconds: float = 0.0
+    time_to_first_token: float = 0.0
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return self.prefill_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"prompt {self.prompt_tokens} tokens, prefill {self.prefill_seconds:.3f} s "
+            f"({self.prefill_tokens_per_second:.1f} tok/s), decode {self.decode_tokens} tokens "
+            f"({self.decode_tokens_per_second:.1f} tok/s), "
+            f"first token after {self.time_to_first_token:.3f} s"
+        )
+
+
+class _Signature:
+    """One signature's runtime buffers for tokens, positions, mask and (optional) logits."""
+
+    def __init__(self, model, key: str):
+        self.key = key
+        inputs = model.get_input_tensor_details(key)
+        outputs = model.get_output_tensor_details(key)
+        self.length = int(inputs["tokens"]["shape"][1])
+        self.mask_shape = tuple(inputs["mask"]["shape"]) if "mask" in inputs else None
+        self.logits_shape = tuple(outputs["logits"]["shape"]) if "logits" in outputs else None
+        self.cache_shapes = {
+            name: (tuple(d["shape"]), d["dtype"])
+            for name, d in inputs.items()
+            if _KV_NAME.match(name)
+        }
+        names = ["tokens", "input_pos"] + (["mask"] if self.mask_shape else [])
+        self.inputs = {name: model.create_input_buffer_by_name(key, name) for name in names}
+        # Prefill logits (when the file has them) are computed but never read.
+        self.outputs = (
+            {"logits": model.create_output_buffer_by_name(key, "logits")}
+            if self.logits_shape
+            else {}
+        )
+
+
+class LiteRTGenerator:
+    """Generates tokens from a genapi `.tflite` with ai-edge-litert's CompiledModel (CPU).
+
+    Attributes:
+        prefill_lengths: the T of each `prefill_<T>` signature, ascending.
+        cache_len: the KV cache length S.
+        has_mask: whether the signatures take a `mask` input.
+        kv_names: the KV cache tensor names, in signature order.
+        stats: timings of the last `generate` run.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        num_threads: int = 2,
+        weight_cache: str | os.PathLike[str] | None = None,
+    ):
+        """Open and compile a model.
+
+        Args:
+            path: the `.tflite` file.
+            num_threads: CPU threads of XNNPACK.
+            weight_cache: a FILE path for XNNPACK's packed weights (created on first use and
+                mapped afterwards); None packs in memory, once per signature.
+        """
+        # Imported here so that `import genapi.runtime` stays cheap.
+        from ai_edge_litert.compiled_model import (
+            CompiledModel,
+            CpuOptions,
+            HardwareAccelerator,
+            Options,
+        )
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no model file at {self.path}")
+        cpu = CpuOptions(num_threads=num_threads)
+        if weight_cache is not None:
+            weight_cache = Path(weight_cache)
+            if weight_cache.is_dir():
+                raise ValueError(f"weight_cache must be a file path, not a folder: {weight_cache}")
+            weight_cache.parent.mkdir(parents=True, exist_ok=True)
+            cpu.xnnpack_weight_cache_path = str(weight_cache)
+        self.weight_cache = weight_cache
+        options = Options(HardwareAccelerator.CPU, cpu_options=cpu)
+        self._model = CompiledModel.from_file(str(self.path), options=options)
+
+        keys = list(self._model.get_signature_list())
+        prefill_keys = [k for k in keys if k.startswith("prefill")]
+        if "decode" not in keys or not prefill_keys:
+            raise ValueError(
+                f"{self.path} has signatures {keys}; a `decode` and `prefill_<T>` are needed"
+            )
+        self._decode = _Signature(self._model, "decode")
+        if self._decode.logits_shape is None:
+            raise ValueError(f"{self.path}: the decode signature has no `logits` output")
+        prefills = [_Signature(self._model, k) for k in prefill_keys]
+        self._prefills = sorted(prefills, key=lambda s: s.length)
+        self._vocab_size = int(self._decode.logits_shape[-1])
+        self.prefill_lengths = tuple(s.length for s in self._prefills)
+        self.has_mask = self._decode.mask_shape is not None
+
+        shapes = self._decode.cache_shapes
+        self.kv_names = tuple(shapes)
+        for sig in self._prefills:
+            if sig.cache_shapes != shapes:
+                raise ValueError(f"{sig.key} and decode disagree on the KV cache shapes")
+        self.cache_len = self._cache_len(shapes)
+
+        # Two cache sets; a call reads one and writes the other (see the module docstring).
+        # Both are zeroed once: never-written slots are hidden by the mask, but hidden
+        # slots still enter attention as value * 0, and uninitialized NaNs would poison it.
+        self._cache_buffers = []
+        for _ in range(2):
+            buffers = {
+                name: self._model.create_output_buffer_by_name("decode", name) for name in shapes
+            }
+            for name, (shape, dtype) in shapes.items():
+                buffers[name].write(np.zeros(shape, dtype=dtype))
+            self._cache_buffers.append(buffers)
+        self._current = 0  # index of the cache set holding the live cache
+        self.stats = GenerationStats()
+
+    def _cache_len(self, shapes: dict) -> int:
+        """S: the mask's last dim, else dim 2 of K (K [1, G, S, D], V [1, G, D, S])."""
+        if self.has_mask:
+            return int(self._decode.mask_shape[-1])
+        k_shapes = [shape for name, (shape, _) in shapes.items() if "_k_" in name]
+        if not k_shapes:
+            raise ValueError(f"{self.path}: no kv_cache_k_<i> inputs")
+        return int(k_shapes[0][2])
+
+    def __repr__(self) -> str:
+        return (
+            f"LiteRTGenerator({str(self.path)!r}, prefill_lengths={self.prefill_lengths}, "
+            f"cache_len={self.cache_len}, mask={self.has_mask}, layers={len(self.kv_names) // 2})"
+        )
+
+    # ---- one signature call
+
+    def _run(self, sig: _Signature, tokens: Sequence[int], start: int) -> None:
+        """Run `sig` on `tokens` (padded with 0 to its length) at positions start, start+1, ..."""
+        n = len(tokens)
+        padded = np.zeros(sig.length, dtype=np.int32)
+        padded[:n] = tokens
+        sig.inputs["tokens"].write(padded)
+        positions = np.arange(start, start + sig.length, dtype=np.int32)
+        sig.inputs["input_pos"].write(positions)
+        if sig.mask_shape is not None:
+            visible = np.arange(self.cache_len)[None, :] <= positions[:, None]
+            sig.inputs["mask"].write(np.where(visible, 0.0, MASK_VALUE).astype(np.float32))
+        read, write = self._cache_buffers[self._current], self._cache_buffers[1 - self._current]
+        self._model.run_by_name(sig.key, {**sig.inputs, **read}, {**sig.outputs, **write})
+        self._current = 1 - self._current
+
+    def _pick_prefill(self, remaining: int, start: int) -> _Signature | None:
+        """The smallest prefill that takes all `remaining` tokens, else the largest full chunk.
+
+        A signature of length T writes cache slots start..start+T-1 (padding included), so it
+        must end inside the cache: DYNAMIC_UPDATE_SLICE would otherwise shift the write back
+        over real entries. None means no prefill fits; the caller then uses decode steps.
+        """
+        fits = [s for s in self._prefills if start + s.length <= self.cache_len]
+        for sig in fits:
+            if sig.length >= remaining:
+                return sig
+        full = [s for s in fits if s.length <= remaining]
+        return full[-1] if full else None
+
+    def prefill(self, tokens: Sequence[int], start: int = 0) -> None:
+        """Write `tokens` at positions start.. into the KV cache (no logits)."""
+        pos, tokens = start, list(tokens)
+        while pos - start < len(tokens):
+            rest = tokens[pos - start :]
+            sig = self._pick_prefill(len(rest), pos)
+            if sig is None:  # too close to the cache end for any prefill: one token at a time
+                self._run(self._decode, rest[:1], pos)
+                pos += 1
+                continue
+            # A partial chunk is padded with token 0 at the following positions. Those rows
+            # write garbage into cache slots past the prompt, but no real token sees them:
+            # the mask (or the model's position-based causal mask) hides slots beyond each
+            # query's position, and the decode call at position p writes slot p before it
+            # reads it. So every padded slot is overwritten before it becomes visible.
+            chunk = rest[: sig.length]
+            self._run(sig, chunk, pos)
+            pos += len(chunk)
+
+    def decode(self, token: int, pos: int) -> np.ndarray:
+        """Feed one token at `pos`; returns its logits [V]."""
+        self._run(self._decode, [token], pos)
+        return self._decode.outputs["logits"].read(self._vocab_size, np.float32)
+
+    # ---- generation
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int = 64,
+        sampling: SamplingConfig | None = None,
+        stop_ids: Iterable[int] = (),
+    ) -> Iterator[int]:
+        """Yield new token ids one at a time until a stop id, `max_new_tokens` or a full cache.
+
+        Args:
+            prompt_ids: the prompt, BOS included if the model wants one (see `prompt_ids`).
+            max_new_tokens: most tokens to generate.
+            sampling: how to pick tokens; greedy by default.
+            stop_ids: ids that end generation; the stop id is not yielded.
+
+        Raises:
+            ValueError: if the prompt is empty or does not fit in the KV cache.
+        """
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("prompt_ids is empty; at least one token is needed")
+        if len(prompt) + 1 > self.cache_len:
+            raise ValueError(
+                f"prompt of {len(prompt)} tokens does not fit the KV cache of "
+                f"{self.cache_len} positions (at most {self.cache_len - 1} prompt tokens)"
+            )
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r} must be >= 1")
+        return self._generate(prompt, max_new_tokens, Sampler(sampling), set(stop_ids))
+
+    def _generate(
+        self, prompt: list[int], max_new_tokens: int, sampler: Sampler, stop: set[int]
+    ) -> Iterator[int]:
+        n = len(prompt)
+        stats = self.stats = GenerationStats(prompt_tokens=n, prefill_tokens=n - 1)
+        began = time.perf_counter()
+        self.prefill(prompt[:-1])
+        stats.prefill_seconds = time.perf_counter() - began
+
+        token, pos = prompt[-1], n - 1
+        for _ in range(max_new_tokens):
+            step = time.perf_counter()
+            token = sampler(self.decode(token, pos))
+            now = time.perf_counter()
+            stats.decode_seconds += now - step
+            stats.decode_tokens += 1
+            if stats.decode_tokens == 1:
+                stats.time_to_first_token = now - began
+            if token in stop:
+                return
+            yield token
+            pos += 1
+            if pos >= self.cache_len:  # the cache is full: no slot for this token
+                return
