@@ -1,3 +1,3 @@
-from genapi.cli import main
+from genapi.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import logging
 import os
 import signal
@@ -17,11 +19,14 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError)
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="most tokens to generate")
+    parser.add_argument(
+        "--max-new-tokens", "--max-tokens", type=int, default=64, help="most tokens to generate"
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
     parser.add_argument("--top-k", type=int, default=None, help="sample from the k best tokens")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
     parser.add_argument("--seed", type=int, default=None, help="seed for repeatable sampling")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for LiteRT")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,12 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    demo = sub.add_parser("demo", help="answer a question with the embedded SmolLM2-135M")
+    demo = sub.add_parser(
+        "demo", help="convert the embedded SmolLM2-135M once and answer a question with it"
+    )
     demo.add_argument("--prompt", default=None, help="the question to ask")
     _add_sampling_args(demo)
 
-    gen = sub.add_parser("generate", help="generate text from a checkpoint with PyTorch")
-    gen.add_argument("source", help="Hugging Face folder, hub repo id, or .gguf file")
+    gen = sub.add_parser("generate", help="generate text from a .tflite file or a checkpoint")
+    gen.add_argument(
+        "source",
+        help="a converted .tflite file (run by LiteRT), or a Hugging Face folder, hub repo id "
+        "or .gguf file (run by the genapi PyTorch model)",
+    )
+    gen.add_argument(
+        "--tokenizer", default=None, help="for a .tflite: the checkpoint it was converted from"
+    )
     gen.add_argument("--prompt", required=True, help="the prompt")
     gen.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     gen.add_argument("--architecture", default=None, help="override the detected architecture")
@@ -127,61 +141,148 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(args: argparse.Namespace, source: str, prompt: str, *, chat: bool) -> int:
-    from genapi.generation import generate
-    from genapi.loading.checkpoint import load, open_checkpoint, open_tokenizer
+def _sampling(args: argparse.Namespace):
     from genapi.sampling import SamplingConfig
 
-    sampling = SamplingConfig(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed
-    )
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens {args.max_new_tokens} must be >= 1")
+    return SamplingConfig(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed
+    )
+
+
+def _generate(args: argparse.Namespace, source: str, prompt: str, *, chat: bool) -> int:
+    """Generate with the PyTorch model of a checkpoint (to compare with converted files)."""
+    from genapi.generation import generate
+    from genapi.loading.checkpoint import load, open_checkpoint, open_tokenizer
+    from genapi.runtime import prompt_ids
+
+    sampling = _sampling(args)
     start = time.perf_counter()
     ckpt = open_checkpoint(source, architecture=getattr(args, "architecture", None))
     tokenizer = open_tokenizer(ckpt)
     model = load(ckpt)
-    load_s = time.perf_counter() - start
+    print(f"[{ckpt.path.name}, PyTorch fp32, loaded in {time.perf_counter() - start:.1f} s]",
+          file=sys.stderr)  # fmt: skip
 
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
-    prompt_ids = tokenizer.encode(text, add_bos=tokenizer.add_bos)
-    print(f"[{ckpt.config.name}: {ckpt.path.name}, loaded in {load_s:.1f} s]", file=sys.stderr)
-    print(f"> {prompt}", file=sys.stderr)
-
-    ids: list[int] = []
-    shown = ""
+    ids = prompt_ids(tokenizer, prompt, chat=chat)
     start = time.perf_counter()
-    first = None
-    for token in generate(
+    tokens = generate(
         model,
-        prompt_ids,
+        ids,
         max_new_tokens=args.max_new_tokens,
         stop_ids=tokenizer.stop_ids,
         sampling=sampling,
-    ):
-        first = first or time.perf_counter()
-        ids.append(token)
-        text_so_far = tokenizer.decode(ids)
-        # Print only whole characters: a token may end inside a multi-byte character.
-        if not text_so_far.endswith("\ufffd"):
-            print(text_so_far[len(shown) :], end="", flush=True)
-            shown = text_so_far
-    if len(ids) == args.max_new_tokens:
-        print(" [...]", end="")
-    print()
+    )
+    first, count = _stream(tokenizer, tokens, prompt=prompt, limit=args.max_new_tokens)
     end = time.perf_counter()
-    if len(ids) == args.max_new_tokens:
-        print(f"[stopped at --max-new-tokens {args.max_new_tokens}]", file=sys.stderr)
     if first is not None:
-        prefill_s = first - start
-        decode_s = end - first
         print(
-            f"[prefill {len(prompt_ids)} tokens: {len(prompt_ids) / prefill_s:.1f} tok/s; "
-            f"decode {len(ids)} tokens: {max(len(ids) - 1, 0) / max(decode_s, 1e-9):.1f} tok/s; "
-            "PyTorch fp32]",
+            f"[prefill {len(ids)} tokens: {len(ids) / (first - start):.1f} tok/s; decode "
+            f"{count} tokens: {max(count - 1, 0) / max(end - first, 1e-9):.1f} tok/s; PyTorch]",
             file=sys.stderr,
         )
     return 0
+
+
+@contextlib.contextmanager
+def _native_logs_hidden(hide: bool):
+    """Send what native libraries write to file descriptor 2 (LiteRT's INFO lines about
+    accelerators it looks for) to /dev/null, while Python's sys.stderr keeps working."""
+    if not hide:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_stderr = sys.stderr
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _generate_tflite(args, model_path: str, tokenizer, prompt: str, *, chat: bool) -> int:
+    """Generate with a converted file in ai-edge-litert (genapi.runtime, no torch)."""
+    with _native_logs_hidden(not args.verbose):
+        return _run_tflite(args, model_path, tokenizer, prompt, chat=chat)
+
+
+def _run_tflite(args, model_path: str, tokenizer, prompt: str, *, chat: bool) -> int:
+    from genapi.runtime import LiteRTGenerator, prompt_ids
+
+    sampling = _sampling(args)
+    if not os.path.isfile(model_path):
+        raise FileNotFoundError(f"no such .tflite file: {model_path!r}")
+    generator = LiteRTGenerator(
+        model_path, num_threads=args.threads, weight_cache=model_path + ".xnnpack_cache"
+    )
+    ids = prompt_ids(tokenizer, prompt, chat=chat)
+    print(f"[{os.path.basename(model_path)}, LiteRT CPU, {args.threads} threads]",
+          file=sys.stderr)  # fmt: skip
+    tokens = generator.generate(
+        ids, max_new_tokens=args.max_new_tokens, sampling=sampling, stop_ids=tokenizer.stop_ids
+    )
+    _stream(tokenizer, tokens, prompt=prompt, limit=args.max_new_tokens)
+    stats = generator.stats
+    del generator, tokens  # release the runtime while its log lines are still hidden
+    gc.collect()
+    print(
+        f"[prefill {stats.prompt_tokens} tokens: {stats.prefill_tokens_per_second:.1f} tok/s; "
+        f"decode {stats.decode_tokens} tokens: {stats.decode_tokens_per_second:.1f} tok/s]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _stream(tokenizer, tokens, *, prompt: str, limit: int) -> tuple[float | None, int]:
+    """Print text as tokens arrive; returns the time of the first token and the count."""
+    print(f"> {prompt}", file=sys.stderr)
+    ids: list[int] = []
+    shown = ""
+    first = None
+    for token in tokens:
+        first = first or time.perf_counter()
+        ids.append(token)
+        text = tokenizer.decode(ids)
+        # Print only whole characters: a token may end inside a multi-byte character.
+        if not text.endswith("\ufffd"):
+            print(text[len(shown) :], end="", flush=True)
+            shown = text
+    if len(ids) == limit:
+        print(" [...]", end="")
+    print()
+    if len(ids) == limit:
+        print(f"[stopped at --max-new-tokens {limit}]", file=sys.stderr)
+    return first, len(ids)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Convert the embedded SmolLM2-135M-Instruct once (reused later) and run the file."""
+    from genapi.defaults import DEFAULT_PROMPT, default_checkpoint
+    from genapi.export.llm import export_llm
+    from genapi.loading.checkpoint import model_weights, open_checkpoint, open_tokenizer
+    from genapi.models import build_model
+
+    ckpt = open_checkpoint(default_checkpoint())
+    cache = os.environ.get("GENAPI_CACHE", os.path.expanduser("~/.cache/genapi"))
+    os.makedirs(cache, exist_ok=True)
+    path = os.path.join(cache, f"{ckpt.config.name}-fp32.tflite")
+    if not os.path.isfile(path):
+        print(f"[converting {ckpt.path.name} to {path}]", file=sys.stderr)
+        start = time.perf_counter()
+        meta = build_model(ckpt.config, device="meta")
+        export_llm(meta, path, weights=model_weights(ckpt), progress=True)
+        print(f"[converted in {time.perf_counter() - start:.1f} s]", file=sys.stderr)
+    prompt = args.prompt or DEFAULT_PROMPT
+    return _generate_tflite(args, path, open_tokenizer(ckpt), prompt, chat=True)
 
 
 def _models() -> int:
@@ -220,12 +321,20 @@ def _run(args: argparse.Namespace) -> int:
     logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         if args.command == "demo":
-            from genapi.defaults import DEFAULT_PROMPT, default_checkpoint
-
-            return _generate(
-                args, str(default_checkpoint()), args.prompt or DEFAULT_PROMPT, chat=True
-            )
+            return _demo(args)
         if args.command == "generate":
+            if args.source.endswith(".tflite"):
+                if args.tokenizer is None:
+                    raise ValueError(
+                        "a .tflite file holds no tokenizer; pass --tokenizer with the "
+                        "checkpoint (folder, hub id or .gguf) it was converted from"
+                    )
+                from genapi.loading.checkpoint import open_checkpoint, open_tokenizer
+
+                tokenizer = open_tokenizer(open_checkpoint(args.tokenizer))
+                return _generate_tflite(
+                    args, args.source, tokenizer, args.prompt, chat=not args.no_chat
+                )
             return _generate(args, args.source, args.prompt, chat=not args.no_chat)
         if args.command == "convert":
             return _convert(args)
@@ -237,3 +346,16 @@ def _run(args: argparse.Namespace) -> int:
         print(f"genapi: error: {err}", file=sys.stderr)
         return 2
     raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def entry() -> int:
+    """The console script: `main`, then silence native teardown logs (LiteRT prints INFO
+    lines from its destructors at exit) unless --verbose."""
+    code = main()
+    if not {"-v", "--verbose"} & set(sys.argv[1:]):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    return code

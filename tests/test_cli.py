@@ -58,3 +58,22 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, checkpoint, capsys, 
     assert err.startswith("genapi: error:") and message in err
     assert "\n" not in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_on_the_converted_file_says_what_the_checkpoint_says(
+    smollm2_path, smollm2_tflite, capsys
+):
+    prompt = ["--prompt", "What is the capital of France? Answer in one sentence."]
+    limit = ["--max-new-tokens", "32"]
+    assert main(["generate", str(smollm2_path), *prompt, *limit]) == 0
+    from_checkpoint = capsys.readouterr().out
+    tflite = ["generate", str(smollm2_tflite), "--tokenizer", str(smollm2_path)]
+    assert main([*tflite, *prompt, *limit]) == 0
+    from_tflite = capsys.readouterr().out
+    assert "Paris" in from_tflite
+    assert from_tflite == from_checkpoint
+
+
+def test_generate_on_a_tflite_needs_its_tokenizer(smollm2_tflite, capsys):
+    assert main(["generate", str(smollm2_tflite), "--prompt", "Hi"]) == 2
+    assert "pass --tokenizer" in capsys.readouterr().err
