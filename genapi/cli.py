@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("-o", "--output", required=True, help="output path ending in .tflite")
     conv.add_argument("--architecture", default=None, help="override the detected architecture")
     conv.add_argument(
+        "--quantize",
+        default="none",
+        choices=["none"],
+        help="weight recipe; only 'none' (fp32) exists so far",
+    )
+    conv.add_argument(
         "--prefill-lengths",
         type=_int_list,
         default=(8, 64, 128),

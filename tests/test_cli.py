@@ -77,3 +77,20 @@ def test_generate_on_the_converted_file_says_what_the_checkpoint_says(
 def test_generate_on_a_tflite_needs_its_tokenizer(smollm2_tflite, capsys):
     assert main(["generate", str(smollm2_tflite), "--prompt", "Hi"]) == 2
     assert "pass --tokenizer" in capsys.readouterr().err
+
+
+def test_unknown_recipe_and_prompt_past_the_cache_are_one_line_errors(
+    tmp_path, checkpoint, smollm2_path, smollm2_tflite, capsys
+):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", str(checkpoint), "-o", str(tmp_path / "m.tflite"), "--quantize", "int3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "invalid choice: 'int3'" in err and "\n" not in err
+    assert list(tmp_path.iterdir()) == []
+
+    long_prompt = "word " * 400  # far past the 128-position cache of the fixture
+    args = ["generate", str(smollm2_tflite), "--tokenizer", str(smollm2_path)]
+    assert main([*args, "--prompt", long_prompt, "--no-chat"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("genapi: error:") and "128" in err
