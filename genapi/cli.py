@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--tokenizer", default=None, help="for a .tflite: the checkpoint it was converted from"
     )
-    gen.add_argument("--prompt", required=True, help="the prompt")
+    gen.add_argument("--prompt", default=None, help="the prompt; without it, an interactive chat")
     gen.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     gen.add_argument("--architecture", default=None, help="override the detected architecture")
     _add_sampling_args(gen)
@@ -157,11 +157,10 @@ def _sampling(args: argparse.Namespace):
     )
 
 
-def _generate(args: argparse.Namespace, source: str, prompt: str, *, chat: bool) -> int:
+def _generate(args: argparse.Namespace, source: str, prompt: str | None, *, chat: bool) -> int:
     """Generate with the PyTorch model of a checkpoint (to compare with converted files)."""
     from genapi.generation import generate
     from genapi.loading.checkpoint import load, open_checkpoint, open_tokenizer
-    from genapi.runtime import prompt_ids
 
     sampling = _sampling(args)
     start = time.perf_counter()
@@ -171,23 +170,52 @@ def _generate(args: argparse.Namespace, source: str, prompt: str, *, chat: bool)
     print(f"[{ckpt.path.name}, PyTorch fp32, loaded in {time.perf_counter() - start:.1f} s]",
           file=sys.stderr)  # fmt: skip
 
-    ids = prompt_ids(tokenizer, prompt, chat=chat)
-    start = time.perf_counter()
-    tokens = generate(
-        model,
-        ids,
-        max_new_tokens=args.max_new_tokens,
-        stop_ids=tokenizer.stop_ids,
-        sampling=sampling,
-    )
-    first, count = _stream(tokenizer, tokens, prompt=prompt, limit=args.max_new_tokens)
-    end = time.perf_counter()
-    if first is not None:
-        print(
-            f"[prefill {len(ids)} tokens: {len(ids) / (first - start):.1f} tok/s; decode "
-            f"{count} tokens: {max(count - 1, 0) / max(end - first, 1e-9):.1f} tok/s; PyTorch]",
-            file=sys.stderr,
+    def reply(ids: list[int]):
+        tokens = generate(
+            model,
+            ids,
+            max_new_tokens=args.max_new_tokens,
+            stop_ids=tokenizer.stop_ids,
+            sampling=sampling,
         )
+        start = time.perf_counter()
+        first, count, text = _stream(tokenizer, tokens, limit=args.max_new_tokens)
+        end = time.perf_counter()
+        if first is not None:
+            print(
+                f"[prefill {len(ids)} tokens: {len(ids) / (first - start):.1f} tok/s; decode "
+                f"{count} tokens: {max(count - 1, 0) / max(end - first, 1e-9):.1f} tok/s; "
+                "PyTorch]",
+                file=sys.stderr,
+            )
+        return text
+
+    return _converse(tokenizer, reply, prompt, chat=chat)
+
+
+def _converse(tokenizer, reply, prompt: str | None, *, chat: bool) -> int:
+    """Answer `prompt`, or without one hold an interactive chat on stdin until EOF or /exit."""
+    from genapi.runtime import prompt_ids
+
+    if prompt is not None:
+        print(f"> {prompt}", file=sys.stderr)
+        reply(prompt_ids(tokenizer, prompt, chat=chat))
+        return 0
+    if tokenizer.chat_template is None:
+        raise ValueError("this model has no chat template; pass --prompt for plain completion")
+    print("[chat: type a message; an empty line or /exit ends]", file=sys.stderr)
+    messages: list[dict[str, str]] = []
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            break
+        if not line or line in ("/exit", "/quit"):
+            break
+        messages.append({"role": "user", "content": line})
+        text = tokenizer.apply_chat_template(messages)
+        answer = reply(prompt_ids(tokenizer, text, chat=False))
+        messages.append({"role": "assistant", "content": answer})
     return 0
 
 
@@ -215,14 +243,14 @@ def _native_logs_hidden(hide: bool):
         os.close(saved)
 
 
-def _generate_tflite(args, model_path: str, tokenizer, prompt: str, *, chat: bool) -> int:
+def _generate_tflite(args, model_path: str, tokenizer, prompt: str | None, *, chat: bool) -> int:
     """Generate with a converted file in ai-edge-litert (genapi.runtime, no torch)."""
     with _native_logs_hidden(not args.verbose):
         return _run_tflite(args, model_path, tokenizer, prompt, chat=chat)
 
 
-def _run_tflite(args, model_path: str, tokenizer, prompt: str, *, chat: bool) -> int:
-    from genapi.runtime import LiteRTGenerator, prompt_ids
+def _run_tflite(args, model_path: str, tokenizer, prompt: str | None, *, chat: bool) -> int:
+    from genapi.runtime import LiteRTGenerator
 
     sampling = _sampling(args)
     if not os.path.isfile(model_path):
@@ -230,27 +258,32 @@ def _run_tflite(args, model_path: str, tokenizer, prompt: str, *, chat: bool) ->
     generator = LiteRTGenerator(
         model_path, num_threads=args.threads, weight_cache=model_path + ".xnnpack_cache"
     )
-    ids = prompt_ids(tokenizer, prompt, chat=chat)
     print(f"[{os.path.basename(model_path)}, LiteRT CPU, {args.threads} threads]",
           file=sys.stderr)  # fmt: skip
-    tokens = generator.generate(
-        ids, max_new_tokens=args.max_new_tokens, sampling=sampling, stop_ids=tokenizer.stop_ids
-    )
-    _stream(tokenizer, tokens, prompt=prompt, limit=args.max_new_tokens)
-    stats = generator.stats
-    del generator, tokens  # release the runtime while its log lines are still hidden
-    gc.collect()
-    print(
-        f"[prefill {stats.prompt_tokens} tokens: {stats.prefill_tokens_per_second:.1f} tok/s; "
-        f"decode {stats.decode_tokens} tokens: {stats.decode_tokens_per_second:.1f} tok/s]",
-        file=sys.stderr,
-    )
-    return 0
+
+    def reply(ids: list[int]) -> str:
+        tokens = generator.generate(
+            ids, max_new_tokens=args.max_new_tokens, sampling=sampling, stop_ids=tokenizer.stop_ids
+        )
+        _, _, text = _stream(tokenizer, tokens, limit=args.max_new_tokens)
+        stats = generator.stats
+        print(
+            f"[prefill {stats.prompt_tokens} tokens: {stats.prefill_tokens_per_second:.1f} "
+            f"tok/s; decode {stats.decode_tokens} tokens: {stats.decode_tokens_per_second:.1f} "
+            "tok/s]",
+            file=sys.stderr,
+        )
+        return text
+
+    try:
+        return _converse(tokenizer, reply, prompt, chat=chat)
+    finally:
+        generator = None  # release the runtime while its log lines are still hidden
+        gc.collect()
 
 
-def _stream(tokenizer, tokens, *, prompt: str, limit: int) -> tuple[float | None, int]:
-    """Print text as tokens arrive; returns the time of the first token and the count."""
-    print(f"> {prompt}", file=sys.stderr)
+def _stream(tokenizer, tokens, *, limit: int) -> tuple[float | None, int, str]:
+    """Print text as tokens arrive; returns the first token's time, the count and the text."""
     ids: list[int] = []
     shown = ""
     first = None
@@ -267,7 +300,7 @@ def _stream(tokenizer, tokens, *, prompt: str, limit: int) -> tuple[float | None
     print()
     if len(ids) == limit:
         print(f"[stopped at --max-new-tokens {limit}]", file=sys.stderr)
-    return first, len(ids)
+    return first, len(ids), tokenizer.decode(ids)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -94,3 +94,14 @@ def test_unknown_recipe_and_prompt_past_the_cache_are_one_line_errors(
     assert main([*args, "--prompt", long_prompt, "--no-chat"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("genapi: error:") and "128" in err
+
+
+def test_interactive_chat_keeps_the_conversation(smollm2_path, smollm2_tflite, capsys, monkeypatch):
+    import io
+
+    turns = "What is the capital of France?\nAnd of Italy?\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(turns))
+    args = ["generate", str(smollm2_tflite), "--tokenizer", str(smollm2_path)]
+    assert main([*args, "--max-new-tokens", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "Paris" in out and "Rome" in out  # the second answer needs the first turn
