@@ -120,6 +120,11 @@ class LoweringContext:
     _names: dict[str, int] = field(default_factory=dict)
     cache: dict[Any, Any] = field(default_factory=dict)  # for lowerings to share helper tensors
     graph_inputs: set[int] = field(default_factory=set)  # indices of the signature's inputs
+    fuse_linear: bool = True  # merge linears that read one input into one FULLY_CONNECTED
+    # Per program being lowered: its values, its fusable linear groups, fused results.
+    env: dict[str, Any] = field(default_factory=dict)
+    linear_groups: dict[str, list[fx.Node]] = field(default_factory=dict)
+    fused: dict[str, Any] = field(default_factory=dict)
     ops: list[Op] = field(default_factory=list)  # operators, written by `finish`
     shapes: dict[int, tuple] = field(default_factory=dict)  # tensor index -> shape
     dtypes: dict[int, torch.dtype] = field(default_factory=dict)  # tensor index -> dtype
@@ -325,6 +330,9 @@ def lower_program(
     placeholder_source = {}
     for spec in sig.input_specs:
         placeholder_source[spec.arg.name] = spec
+    ctx.env = env
+    ctx.linear_groups = linear_groups(program) if ctx.fuse_linear else {}
+    ctx.fused = {}
     for node in program.graph.nodes:
         ctx.node = node
         if node.op == "placeholder":
@@ -348,6 +356,27 @@ def lower_program(
             outputs = fx.node.map_arg(node.args[0], lambda n: env[n.name])
             return list(outputs)
     raise LoweringError("exported program has no output node")
+
+
+def linear_groups(program: torch.export.ExportedProgram) -> dict[str, list[fx.Node]]:
+    """Linear nodes that read the same input with parameter weights (q, k and v; gate and
+    up), by node name, for lowering as one FULLY_CONNECTED whose output is sliced."""
+    kinds = {spec.arg.name: spec.kind.name for spec in program.graph_signature.input_specs}
+
+    def is_param(arg) -> bool:
+        return isinstance(arg, fx.Node) and kinds.get(arg.name) == "PARAMETER"
+
+    groups: dict[tuple, list[fx.Node]] = {}
+    for node in program.graph.nodes:
+        if node.op != "call_function" or node.target is not torch.ops.aten.linear.default:
+            continue
+        bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        if not is_param(node.args[1]) or not (bias is None or is_param(bias)):
+            continue
+        source = node.args[0]
+        if isinstance(source, fx.Node):
+            groups.setdefault((source.name, bias is None), []).append(node)
+    return {n.name: group for group in groups.values() if len(group) > 1 for n in group}
 
 
 def _lower_node(ctx: LoweringContext, node: fx.Node, args: tuple, kwargs: dict):

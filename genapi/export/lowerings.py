@@ -243,8 +243,48 @@ def _linear(ctx, node, args, kwargs):
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     if not isinstance(weight, Const):
         raise LoweringError("linear with a computed (non-constant) weight is not supported")
+    if node.name in ctx.fused:
+        return ctx.fused[node.name]
+    group = ctx.linear_groups.get(node.name)
+    if group is not None:
+        return _fused_linear(ctx, node, x, group)
     opts = _options("FullyConnectedOptionsT", keepNumDims=True)
     return ctx.op("FULLY_CONNECTED", [x, weight, bias], options=opts)
+
+
+def _fused_linear(ctx, node, x, group) -> Tensor:
+    """One FULLY_CONNECTED over the stacked weights of `group`, sliced into its outputs: the
+    input is read (and, when quantized, converted) once instead of once per projection."""
+    weights = [ctx.env[m.args[1].name] for m in group]
+    biases = [ctx.env[m.args[2].name] if len(m.args) > 2 else None for m in group]
+    rows = [w.shape[0] for w in weights]
+    weight = _stacked(weights)
+    bias = None if biases[0] is None else _stacked(biases)
+    out_shape = (*x.shape[:-1], sum(rows))
+    fused = ctx.new_tensor(out_shape, x.dtype, name=f"{node.name}_fused")
+    opts = _options("FullyConnectedOptionsT", keepNumDims=True)
+    ctx.emit("FULLY_CONNECTED", [x, weight, bias], [fused], options=opts)
+    offset = 0
+    for member, count in zip(group, rows, strict=True):
+        begin = [0] * len(out_shape)
+        begin[-1] = offset
+        sizes = [*out_shape[:-1], count]
+        out = ctx.new_tensor(sizes, x.dtype, name=member.name)
+        ctx.emit("SLICE", [fused, ctx.int_vector(begin), ctx.int_vector(sizes)], [out])
+        ctx.fused[member.name] = out
+        offset += count
+    return ctx.fused[node.name]
+
+
+def _stacked(parts: list[Const]) -> Const:
+    """Constants concatenated along their first dimension, produced when written."""
+
+    def produce() -> torch.Tensor:
+        return torch.cat([p.get() for p in parts], dim=0)
+
+    shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+    key = "stack(" + ",".join(p.key for p in parts) + ")"
+    return Const(key=key, shape=shape, dtype=parts[0].dtype, produce=produce)
 
 
 @lowering(aten.bmm.default, aten.mm.default, aten.matmul.default)
