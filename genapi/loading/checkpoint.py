@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import torch
 
 from genapi.layers import DecoderLM, TransformerConfig
 from genapi.loading import huggingface
+from genapi.loading.lazy import LazyTensors
 from genapi.models import (
     ModelFamily,
     WeightMismatchError,
@@ -37,25 +38,6 @@ class Checkpoint:
     config: TransformerConfig  # the genapi config built from hf_config
     tensors: Mapping[str, torch.Tensor]  # Hugging Face names -> tensors, read on access
     format: str  # "safetensors", "pytorch", or "gguf"
-
-
-class _GGUFTensors(Mapping[str, torch.Tensor]):
-    def __init__(self, reader):
-        self._reader = reader
-        self._names = list(reader.tensor_names())
-        self._name_set = set(self._names)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self._reader.read_tensor(name)
-
-    def __contains__(self, name: object) -> bool:  # by name: never read data to answer
-        return name in self._name_set
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
 
 
 def _pick_family(hf_config: Mapping[str, Any], architecture: str | None) -> ModelFamily:
@@ -94,7 +76,7 @@ def open_checkpoint(source: str | Path, *, architecture: str | None = None) -> C
 
         reader = GGUFCheckpoint(path)
         hf_config = reader.hf_config()
-        tensors: Mapping[str, torch.Tensor] = _GGUFTensors(reader)
+        tensors: Mapping[str, torch.Tensor] = LazyTensors(reader.tensor_names(), reader.read_tensor)
         fmt = "gguf"
     else:
         if not path.exists():
@@ -172,24 +154,6 @@ def open_tokenizer(checkpoint: Checkpoint):
     return Tokenizer.from_folder(checkpoint.path)
 
 
-class _RenamedTensors(Mapping[str, torch.Tensor]):
-    def __init__(self, tensors: Mapping[str, torch.Tensor], source_of: dict[str, str]):
-        self._tensors = tensors
-        self._source_of = source_of  # genapi name -> checkpoint name
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self._tensors[self._source_of[name]]
-
-    def __contains__(self, name: object) -> bool:  # by name: never read data to answer
-        return name in self._source_of
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._source_of)
-
-    def __len__(self) -> int:
-        return len(self._source_of)
-
-
 def model_weights(checkpoint: Checkpoint) -> Mapping[str, torch.Tensor]:
     """The checkpoint's tensors under genapi parameter names, still read lazily.
 
@@ -207,4 +171,5 @@ def model_weights(checkpoint: Checkpoint) -> Mapping[str, torch.Tensor]:
         )
     except WeightMismatchError as err:
         raise WeightMismatchError(f"{str(checkpoint.path)!r}: {err}") from None
-    return _RenamedTensors(checkpoint.tensors, {dst: src for src, dst in plan.items()})
+    source_of = {dst: src for src, dst in plan.items()}  # genapi name -> checkpoint name
+    return LazyTensors(source_of, lambda name: checkpoint.tensors[source_of[name]])

@@ -10,11 +10,13 @@ import json
 import logging
 import os
 import pickle
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from genapi.loading.lazy import LazyTensors
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +37,12 @@ HUB_PATTERNS = [
 ]
 
 
-class SafetensorsTensors(Mapping[str, torch.Tensor]):
+class SafetensorsTensors(LazyTensors):
     """Tensors of one or more safetensors files, each read when it is asked for."""
 
     def __init__(self, files: dict[str, Path]):
         self._file_of = files  # tensor name -> file holding it
+        super().__init__(files, self._read_tensor)
 
     @classmethod
     def from_folder(cls, folder: Path) -> SafetensorsTensors:
@@ -61,22 +64,13 @@ class SafetensorsTensors(Mapping[str, torch.Tensor]):
         with _open_safetensors(single) as f:
             return cls({name: single for name in f.keys()})
 
-    def __getitem__(self, name: str) -> torch.Tensor:
+    def _read_tensor(self, name: str) -> torch.Tensor:
         path = self._file_of[name]
         with _open_safetensors(path) as f:
             try:
                 return f.get_tensor(name)
             except Exception as err:  # safetensors raises its own error type for bad data
                 raise ValueError(f"{str(path)!r}: cannot read tensor {name!r}: {err}") from None
-
-    def __contains__(self, name: object) -> bool:  # by name: never read data to answer
-        return name in self._file_of
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._file_of)
-
-    def __len__(self) -> int:
-        return len(self._file_of)
 
 
 def _open_safetensors(path: Path):
