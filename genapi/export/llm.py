@@ -13,6 +13,7 @@ import torch
 
 from genapi.export import lowerings  # noqa: F401  (registers the lowering table)
 from genapi.export.lower import Const, LoweringContext, Tensor, lower_program
+from genapi.export.quantize import QuantRecipe, recipe
 from genapi.export.tflite_writer import ModelBuilder
 from genapi.export.trace import SignatureSpec, SignatureTrace, trace_signature
 from genapi.layers import KV_LAYOUTS, DecoderLM, KVLayout
@@ -69,6 +70,8 @@ def export_llm(
     kv_layout: KVLayout = "transposed",
     mask_input: bool = False,
     prefill_logits: bool = False,
+    quantize: str | QuantRecipe = "none",
+    block_size: int = 32,
     weights: Mapping[str, torch.Tensor] | None = None,
     timings: dict[str, float] | None = None,
     progress: bool = False,
@@ -87,6 +90,10 @@ def export_llm(
             "bgsd" or "bsgd" (the latter needs `mask_input`).
         mask_input: take the additive mask [1, 1, T, S] as an input instead of building it.
         prefill_logits: prefill signatures also output logits [1, T, V].
+        quantize: a recipe name ("none", "fp16", "dynamic_int8", "weight_only_int8",
+            "dynamic_int4") or a `genapi.export.quantize.QuantRecipe` with per-part schemes.
+            Weights are quantized one at a time while the file is written.
+        block_size: columns per int4 block (32, 64 or 128) for a recipe given by name.
         weights: genapi parameter name -> tensor, for a model on the meta device (or to
             override the model's own weights).
         timings: if given, filled with wall seconds per stage: "trace", "lower", "write".
@@ -99,6 +106,9 @@ def export_llm(
         ValueError: for invalid options.
         genapi.export.lower.LoweringError: for an op the converter cannot lower.
     """
+    quant = (
+        quantize if isinstance(quantize, QuantRecipe) else recipe(quantize, block_size=block_size)
+    )
     specs = signature_specs(
         prefill_lengths=prefill_lengths,
         kv_cache_len=kv_cache_len,
@@ -135,7 +145,7 @@ def export_llm(
         trace = trace_signature(model, spec)
         stages["trace"] += time.perf_counter() - start
         start = time.perf_counter()
-        _lower_signature(builder, spec, trace, model, param, buffers)
+        _lower_signature(builder, spec, trace, model, param, buffers, quant)
         del trace
         gc.collect()
         stages["lower"] += time.perf_counter() - start
@@ -158,11 +168,11 @@ def _cpu_buffers(model: DecoderLM, *, on_meta: bool) -> dict[str, torch.Tensor]:
     return values
 
 
-def _lower_signature(builder, spec, trace: SignatureTrace, model, param, buffers) -> None:
+def _lower_signature(builder, spec, trace: SignatureTrace, model, param, buffers, quant) -> None:
     """Lower one signature: the prelude, each layer's block program with its own weights, and
     the head, into one subgraph."""
     graph = builder.subgraph(spec.key)
-    ctx = LoweringContext(model=builder, graph=graph)
+    ctx = LoweringContext(model=builder, graph=graph, quant=quant)
     num_layers = model.config.num_layers
     names = spec.input_names(num_layers)
     signature_inputs: dict[str, int] = {}

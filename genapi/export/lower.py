@@ -22,7 +22,14 @@ import torch
 from torch import fx
 
 from genapi.export.optimize import Op, optimize
-from genapi.export.tflite_writer import LazyBuffer, ModelBuilder, SubgraphBuilder
+from genapi.export.quantize import PartQuant, QuantizedWeight, QuantRecipe, fit_block_size
+from genapi.export.tflite_writer import (
+    INT4,
+    LazyBuffer,
+    ModelBuilder,
+    Quantization,
+    SubgraphBuilder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +128,7 @@ class LoweringContext:
     cache: dict[Any, Any] = field(default_factory=dict)  # for lowerings to share helper tensors
     graph_inputs: set[int] = field(default_factory=set)  # indices of the signature's inputs
     fuse_linear: bool = True  # merge linears that read one input into one FULLY_CONNECTED
+    quant: QuantRecipe | None = None  # how weights are stored; None keeps them float
     # Per program being lowered: its values, its fusable linear groups, fused results.
     env: dict[str, Any] = field(default_factory=dict)
     linear_groups: dict[str, list[fx.Node]] = field(default_factory=dict)
@@ -191,6 +199,80 @@ class LoweringContext:
         self.shapes[index] = tuple(value.shape)
         self.dtypes[index] = target_dtype
         result = Tensor(index, value.shape, target_dtype)
+        self._const_tensors[cache_key] = result
+        return result
+
+    def weight(self, value: Const, part: str) -> tuple[Tensor, PartQuant]:
+        """`value` stored the way the recipe says for `part` (see `genapi.export.quantize`).
+
+        Returns the stored tensor (float32, float16, int8 or int4) and the part's scheme; the
+        caller emits DEQUANTIZE where the consuming kernel needs float weights. Weights
+        quantized the same way for two uses (a tied embedding and head) are stored once.
+        """
+        pq = self.quant.part(part) if self.quant is not None else PartQuant()
+        if pq.scheme == "none" or not np.issubdtype(numpy_dtype(value.dtype), np.floating):
+            return self.tensor(value, dtype=torch.float32), pq
+        pq = fit_block_size(pq, value.shape, name=value.key)
+        cache_key = (value.key, pq.key)
+        if cache_key in self._const_tensors:
+            return self._const_tensors[cache_key], pq
+        shape = tuple(value.shape)
+        buffer_key = (value.key, pq.key)
+        # One QuantizedWeight per stored weight for the whole model: the subgraphs share its
+        # buffer, so they must share the scales its production fills in.
+        stored = self.model.shared.get(("quantized", buffer_key))
+        if stored is None:
+            stored = QuantizedWeight(value.get, shape, pq)
+            self.model.shared[("quantized", buffer_key)] = stored
+        name = self.unique_name(_tensor_name(value.key))
+        if pq.scheme == "fp16":
+            index = self.graph.add_constant(name, stored.lazy_values(), key=buffer_key)
+            dtype = torch.float16
+        elif pq.scheme == "int8":
+            index = self.graph.add_constant(
+                name,
+                stored.lazy_values(),
+                key=buffer_key,
+                quantization=Quantization(stored.row_scales, np.zeros(shape[0], np.int64), 0),
+            )
+            dtype = torch.int8
+        else:  # int4 blocks
+            index = self.graph.add_constant(
+                name,
+                stored.lazy_values(),
+                key=buffer_key,
+                dtype=INT4,
+                quantization=Quantization(
+                    stored.lazy_block_scales(),
+                    np.zeros(0, np.int64),
+                    0,
+                    block_size=pq.block_size,
+                ),
+            )
+            dtype = torch.int8  # bookkeeping only: the tensor is INT4
+        self.shapes[index] = shape
+        self.dtypes[index] = dtype
+        result = Tensor(index, shape, dtype)
+        self._const_tensors[cache_key] = result
+        return result, pq
+
+    def weight_offsets(self, value: Const, pq: PartQuant) -> Tensor:
+        """The per-block offsets of an asymmetric int4 weight: int8 `[rows, blocks]` with one
+        scale per row. Call after `weight` for the same value, with the scheme it returned."""
+        cache_key = (value.key, pq.key, "offsets")
+        if cache_key in self._const_tensors:
+            return self._const_tensors[cache_key]
+        stored = self.model.shared[("quantized", (value.key, pq.key))]
+        rows = stored.shape[0]
+        index = self.graph.add_constant(
+            self.unique_name(_tensor_name(value.key) + "_offsets"),
+            stored.lazy_offsets(),
+            key=(value.key, pq.key, "offsets"),
+            quantization=Quantization(stored.offset_scales, np.zeros(rows, np.int64), 0),
+        )
+        self.shapes[index] = stored.blocks
+        self.dtypes[index] = torch.int8
+        result = Tensor(index, stored.blocks, torch.int8)
         self._const_tensors[cache_key] = result
         return result
 

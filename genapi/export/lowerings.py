@@ -171,8 +171,99 @@ def _select(ctx, node, args, kwargs):
 @lowering(aten.embedding.default)
 def _embedding(ctx, node, args, kwargs):
     weight, indices = args[0], args[1]
+    if isinstance(weight, Const) and _rank(weight) == 2:
+        table, pq = ctx.weight(weight, "embedding")
+        if pq.scheme in ("int8", "int4"):
+            # EMBEDDING_LOOKUP dequantizes only the rows it gathers; it takes 1-D ids.
+            count = int(np.prod(indices.shape, dtype=np.int64))
+            flat = ctx.op("RESHAPE", [indices, ctx.int_vector([count])], shape=(count,),
+                          dtype=indices.dtype)  # fmt: skip
+            columns = weight.shape[1]
+            rows = ctx.op("EMBEDDING_LOOKUP", [flat, table], shape=(count, columns))
+            if pq.zero_points:  # add each block's offset to the symmetric int4 rows
+                blocks = columns // pq.block_size
+                offsets = ctx.weight_offsets(weight, pq)
+                row_offsets = ctx.op("EMBEDDING_LOOKUP", [flat, offsets], shape=(count, blocks))
+                split = (count, blocks, pq.block_size)
+                rows = ctx.op(
+                    "ADD",
+                    [
+                        ctx.op("RESHAPE", [rows, ctx.int_vector(split)], shape=split),
+                        ctx.op(
+                            "RESHAPE",
+                            [row_offsets, ctx.int_vector((count, blocks, 1))],
+                            shape=(count, blocks, 1),
+                        ),
+                    ],
+                    shape=split,
+                    options=_options("AddOptionsT"),
+                )
+            out_shape = (*indices.shape, columns)
+            return ctx.op("RESHAPE", [rows, ctx.int_vector(out_shape)], shape=out_shape)
+        weight = _dequantized(ctx, table, pq)
     opts = _options("GatherOptionsT", axis=0, batchDims=0)
     return ctx.op("GATHER", [weight, indices], options=opts)
+
+
+def _part_of_linear(key: str) -> str:
+    """The recipe part a linear layer's weight belongs to, from its (first) parameter name."""
+    name = key.removeprefix("stack(").split(",")[0]
+    if name.startswith(("lm_head.", "embedding.")):
+        return "head"  # a tied head reads the embedding table
+    if ".attention." in name:
+        return "attention"
+    return "feed_forward"
+
+
+def _block_sums(ctx, x: Tensor, block_size: int) -> Tensor:
+    """Sums of `x` over consecutive blocks of its last dimension, shared by its readers."""
+    key = ("block_sums", x.index, block_size)
+    if key not in ctx.cache:
+        blocks = x.shape[-1] // block_size
+        split = (*x.shape[:-1], blocks, block_size)
+        grouped = ctx.new_tensor(split, x.dtype, name="blocks")
+        ctx.emit("RESHAPE", [x, ctx.int_vector(split)], [grouped])
+        sums = ctx.new_tensor((*x.shape[:-1], blocks), x.dtype, name="block_sums")
+        axis = ctx.int_vector([len(split) - 1])
+        ctx.emit(
+            "SUM", [grouped, axis], [sums], options=_options("ReducerOptionsT", keepDims=False)
+        )
+        ctx.cache[key] = sums
+    return ctx.cache[key]
+
+
+def _dequantized(ctx, stored: Tensor, pq) -> Tensor:
+    """`stored` as float32 weights: a DEQUANTIZE unless it is float32 already."""
+    if stored.dtype == torch.float32:
+        return stored
+    key = ("dequantized", stored.index)
+    if key not in ctx.cache:
+        out = ctx.new_tensor(stored.shape, torch.float32, name="dequantized")
+        ctx.emit("DEQUANTIZE", [stored], [out])
+        ctx.cache[key] = out
+    return ctx.cache[key]
+
+
+def _fully_connected(ctx, x, weight: Const, bias, out) -> None:
+    """Emit FULLY_CONNECTED, with the weight stored as the recipe says: int8 and int4 weights
+    feed the hybrid kernels directly when the recipe is dynamic, others are dequantized."""
+    part = _part_of_linear(weight.key)
+    stored, pq = ctx.weight(weight, part)
+    opts = _options("FullyConnectedOptionsT", keepNumDims=True)
+    if pq.zero_points:
+        # x . (values * scale + offset) over each block = the symmetric product plus the
+        # offsets times the block sums of x: a second product 1/block_size the size.
+        main = ctx.new_tensor(out.shape, torch.float32, name=f"{ctx.graph.name}_fc")
+        ctx.emit("FULLY_CONNECTED", [x, stored, bias], [main], options=opts, version=5)
+        sums = _block_sums(ctx, x, pq.block_size)
+        correction = ctx.new_tensor(out.shape, torch.float32, name="offset_fc")
+        offsets = ctx.weight_offsets(weight, pq)
+        ctx.emit("FULLY_CONNECTED", [sums, offsets, None], [correction], options=opts, version=5)
+        ctx.emit("ADD", [main, correction], [out], options=_options("AddOptionsT"))
+    elif pq.scheme in ("int8", "int4") and pq.dynamic:
+        ctx.emit("FULLY_CONNECTED", [x, stored, bias], [out], options=opts, version=5)
+    else:
+        ctx.emit("FULLY_CONNECTED", [x, _dequantized(ctx, stored, pq), bias], [out], options=opts)
 
 
 @lowering(aten.index.Tensor)
@@ -248,8 +339,9 @@ def _linear(ctx, node, args, kwargs):
     group = ctx.linear_groups.get(node.name)
     if group is not None:
         return _fused_linear(ctx, node, x, group)
-    opts = _options("FullyConnectedOptionsT", keepNumDims=True)
-    return ctx.op("FULLY_CONNECTED", [x, weight, bias], options=opts)
+    out = ctx.output_like()
+    _fully_connected(ctx, x, weight, bias, out)
+    return out
 
 
 def _fused_linear(ctx, node, x, group) -> Tensor:
@@ -262,8 +354,7 @@ def _fused_linear(ctx, node, x, group) -> Tensor:
     bias = None if biases[0] is None else _stacked(biases)
     out_shape = (*x.shape[:-1], sum(rows))
     fused = ctx.new_tensor(out_shape, x.dtype, name=f"{node.name}_fused")
-    opts = _options("FullyConnectedOptionsT", keepNumDims=True)
-    ctx.emit("FULLY_CONNECTED", [x, weight, bias], [fused], options=opts)
+    _fully_connected(ctx, x, weight, bias, fused)
     offset = 0
     for member, count in zip(group, rows, strict=True):
         begin = [0] * len(out_shape)

@@ -170,9 +170,14 @@ class Quantization:
     `[rows, columns / block_size]`; it is stored as a separate FLOAT16 constant tensor
     referenced from `BlockwiseQuantization`, as litert-torch's int4 files do. XNNPACK rounds
     those scales to bfloat16; the builtin kernel uses them as they are.
+
+    Scales of weights produced lazily may be filled in while the file is written: per-channel
+    `scale` arrays are read when the flatbuffer is packed, after all data is written, so a
+    `LazyBuffer` may fill them in place; blockwise scales may be a `LazyBuffer` themselves
+    (produced after the weight's buffer).
     """
 
-    scale: np.ndarray  # float scales
+    scale: np.ndarray | LazyBuffer  # float scales
     zero_point: np.ndarray  # integer zero points, same length as `scale` (unused if blockwise)
     quantized_dimension: int = 0  # the channel axis for per-channel scales
     block_size: int | None = None  # elements per block along the last axis, if blockwise
@@ -380,10 +385,16 @@ class SubgraphBuilder:
             raise ValueError(
                 f"tensor {name!r}: block_size {q.block_size!r} must divide the {columns} columns"
             )
-        scales = np.ascontiguousarray(q.scale, np.float16)
-        if scales.shape != (rows, columns // q.block_size):
+        if isinstance(q.scale, LazyBuffer):
+            scales = q.scale
+            shape_ok = scales.shape == (rows, columns // q.block_size)
+            shape_ok = shape_ok and scales.dtype == np.float16
+        else:
+            scales = np.ascontiguousarray(q.scale, np.float16)
+            shape_ok = scales.shape == (rows, columns // q.block_size)
+        if not shape_ok:
             raise ValueError(
-                f"tensor {name!r}: blockwise scales must have shape "
+                f"tensor {name!r}: blockwise scales must be float16 of shape "
                 f"{(rows, columns // q.block_size)}, got {scales.shape}"
             )
         # The scales live in their own FLOAT16 tensor. Keying its buffer by the weight's buffer
@@ -483,6 +494,8 @@ class ModelBuilder:
         self._opcode_by_key: dict[tuple[str, int], int] = {}
         self._signatures: list[tuple[str, SubgraphBuilder, dict[str, int], dict[str, int]]] = []
         self._metadata: list[tuple[str, int]] = []
+        # State converters share between the subgraphs they build (e.g. quantized weights).
+        self.shared: dict[Hashable, object] = {}
 
     @property
     def num_buffers(self) -> int:
@@ -614,12 +627,10 @@ class ModelBuilder:
         """
         path = Path(path)
         remove_stale_temporaries(path.parent)
-        flatbuffer, offsets = self._layout()
         tmp = path.parent / f".{path.name}{TMP_MARKER}{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
-                f.write(flatbuffer)
-                self._write_data(f, len(flatbuffer), offsets, progress=progress)
+                flatbuffer = self._write_all(f, progress=progress)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -643,18 +654,33 @@ class ModelBuilder:
         """
         import io
 
-        flatbuffer, offsets = self._layout()
         out = io.BytesIO()
-        out.write(flatbuffer)
-        self._write_data(out, len(flatbuffer), offsets, progress=False)
+        self._write_all(out, progress=False)
         return out.getvalue()
 
-    def _layout(self) -> tuple[bytes, list[int]]:
-        # Offsets depend on the flatbuffer's size, which depends only on which fields are present
-        # and their widths: pack once with placeholders to measure, once with the real offsets.
+    def _write_all(self, f, *, progress: bool) -> bytes:
+        """Write the file to the seekable `f`; return the flatbuffer.
+
+        The data goes first, after a placeholder flatbuffer of the final size, and the real
+        flatbuffer last: lazy buffers may fill in quantization scales (which live in the
+        flatbuffer) only when they produce their data.
+        """
         model = self._model_object()
-        first = _pack(model)
-        offsets, position = [], _align(len(first))
+        placeholder = _pack(model)
+        offsets = self._assign_offsets(model, len(placeholder))
+        f.write(placeholder)
+        self._write_data(f, len(placeholder), offsets, progress=progress)
+        end = f.tell()
+        final = _pack(model)
+        assert len(final) == len(placeholder), "flatbuffer size changed when it was filled in"
+        f.seek(0)
+        f.write(final)
+        f.seek(end)
+        return final
+
+    def _assign_offsets(self, model: object, flatbuffer_size: int) -> list[int]:
+        # Offsets are fixed-width fields: filling them in does not change the flatbuffer's size.
+        offsets, position = [], _align(flatbuffer_size)
         for b, buffer in zip(self._buffers, model.buffers, strict=True):
             if b.nbytes:
                 offsets.append(position)
@@ -662,9 +688,7 @@ class ModelBuilder:
                 position = _align(position + b.nbytes)
             else:
                 offsets.append(0)
-        final = _pack(model)
-        assert len(final) == len(first), "flatbuffer size changed when offsets were filled in"
-        return final, offsets
+        return offsets
 
     def _write_data(self, f, position: int, offsets: list[int], *, progress: bool) -> None:
         from tqdm import tqdm

@@ -111,6 +111,7 @@ def load(
     *,
     architecture: str | None = None,
     dtype: torch.dtype = torch.float32,
+    progress: bool = False,
 ) -> DecoderLM:
     """Load a checkpoint into a genapi model, holding one copy of the weights.
 
@@ -121,6 +122,7 @@ def load(
         source: as for `open_checkpoint`, or an already opened `Checkpoint`.
         architecture: as for `open_checkpoint`.
         dtype: the dtype of the model's weights.
+        progress: show a progress bar while loading, when stderr is a terminal.
 
     Returns:
         The model, in eval mode.
@@ -138,7 +140,9 @@ def load(
     model = build_model(ckpt.config, device="meta").to(dtype)
     table = ckpt.family.weight_table(ckpt.config)
     try:
-        load_weights(model, ckpt.tensors, table, num_layers=ckpt.config.num_layers)
+        load_weights(
+            model, ckpt.tensors, table, num_layers=ckpt.config.num_layers, progress=progress
+        )
     except WeightMismatchError as err:
         raise WeightMismatchError(f"{str(ckpt.path)!r}: {err}") from None
     model.reset_buffers(device="cpu")

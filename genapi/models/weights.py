@@ -10,11 +10,13 @@ as ignored.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ def load_weights(
     table: WeightTable,
     *,
     num_layers: int,
+    progress: bool = False,
 ) -> nn.Module:
     """Copy tensors from `source` into `model`, one at a time, renamed through `table`.
 
@@ -102,6 +105,7 @@ def load_weights(
         source: checkpoint tensors under their source names.
         table: the family's weight-name table.
         num_layers: number of blocks of `model`.
+        progress: show a progress bar (tensors loaded) when stderr is a terminal.
 
     Returns:
         `model`, filled.
@@ -113,7 +117,8 @@ def load_weights(
     params = dict(model.named_parameters())
     params.update(dict(model.named_buffers()))
     wrong_shape = []
-    for src, dst in plan.items():
+    show = progress and sys.stderr.isatty()
+    for src, dst in tqdm(plan.items(), desc="loading", unit="tensor", disable=not show):
         tensor = source[src]
         target = params[dst]
         if tuple(tensor.shape) != tuple(target.shape):

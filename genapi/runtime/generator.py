@@ -283,6 +283,36 @@ class LiteRTGenerator:
         self._run(self._decode, [token], pos)
         return self._decode.outputs["logits"].read(self._vocab_size, np.float32)
 
+    def logits(self, tokens: Sequence[int], start: int = 0) -> np.ndarray:
+        """Teacher-forced logits [len(tokens), V]: row i predicts the token after tokens[i].
+
+        Uses the prefill signatures that output logits (converted with `prefill_logits`) in
+        the largest chunks that fit, and decode steps for the rest or for files without them.
+        """
+        tokens = list(tokens)
+        if start + len(tokens) > self.cache_len:
+            raise ValueError(
+                f"{len(tokens)} tokens from position {start} do not fit the KV cache of "
+                f"{self.cache_len}"
+            )
+        out = np.empty((len(tokens), self._vocab_size), np.float32)
+        with_logits = [s for s in self._prefills if s.logits_shape is not None]
+        done = 0
+        while done < len(tokens):
+            pos, rest = start + done, len(tokens) - done
+            fits = [s for s in with_logits if pos + s.length <= self.cache_len]
+            sig = next((s for s in fits if s.length >= rest), fits[-1] if fits else None)
+            if sig is None or (sig.length > rest and rest == 1):
+                out[done] = self.decode(tokens[done], pos)
+                done += 1
+                continue
+            n = min(sig.length, rest)
+            self._run(sig, tokens[done : done + n], pos)
+            rows = sig.outputs["logits"].read(sig.length * self._vocab_size, np.float32)
+            out[done : done + n] = rows.reshape(sig.length, self._vocab_size)[:n]
+            done += n
+        return out
+
     # ---- generation
 
     def generate(
