@@ -7,10 +7,13 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 import time
+
+from genapi.export.quantize import BLOCK_SIZES, PARTS, RECIPES
 
 logger = logging.getLogger("genapi")
 
@@ -61,17 +64,46 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", default=None, help="the prompt; without it, an interactive chat")
     gen.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     gen.add_argument("--architecture", default=None, help="override the detected architecture")
+    gen.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "litert-lm", "genapi"],
+        help="for a .task/.litertlm: Google's LiteRT-LM engine (auto: when installed) or "
+        "genapi's own runner",
+    )
     _add_sampling_args(gen)
 
     conv = sub.add_parser("convert", help="convert a checkpoint to a .tflite file")
     conv.add_argument("source", help="Hugging Face folder, hub repo id, or .gguf file")
-    conv.add_argument("-o", "--output", required=True, help="output path ending in .tflite")
+    conv.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output path ending in .tflite, or .task / .litertlm for a bundle with the tokenizer",
+    )
     conv.add_argument("--architecture", default=None, help="override the detected architecture")
     conv.add_argument(
         "--quantize",
         default="none",
-        choices=["none"],
-        help="weight recipe; only 'none' (fp32) exists so far",
+        choices=list(RECIPES),
+        help="weight recipe (default none: fp32). dynamic_int4 stores the linear layers, the "
+        "embedding and the head as int4 blocks",
+    )
+    conv.add_argument(
+        "--block-size",
+        type=int,
+        default=32,
+        choices=list(BLOCK_SIZES),
+        help="columns per int4 block for dynamic_int4 (default 32)",
+    )
+    conv.add_argument(
+        "--quantize-part",
+        type=_part_override,
+        action="append",
+        default=[],
+        metavar="PART=RECIPE",
+        help=f"another recipe for one part ({', '.join(PARTS)}), e.g. head=dynamic_int8; "
+        "repeatable",
     )
     conv.add_argument(
         "--prefill-lengths",
@@ -87,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--mask-input", action="store_true", help="take the mask as an input")
     conv.add_argument("--prefill-logits", action="store_true", help="prefill outputs logits")
+    _add_metadata_args(conv)
+
+    bund = sub.add_parser(
+        "bundle", help="wrap a converted .tflite and its tokenizer into a .task or .litertlm"
+    )
+    bund.add_argument("model", help="a .tflite written by genapi convert")
+    bund.add_argument(
+        "--tokenizer", required=True, help="the checkpoint (folder, hub id or .gguf) it came from"
+    )
+    bund.add_argument(
+        "-o", "--output", required=True, help="output path ending in .task or .litertlm"
+    )
+    _add_metadata_args(bund)
 
     insp = sub.add_parser("inspect", help="show a .tflite file's signatures, ops and weights")
     insp.add_argument("file", help="a .tflite file")
@@ -105,13 +150,296 @@ def _int_list(text: str) -> tuple[int, ...]:
         ) from None
 
 
+# ---- bundles (.task, .litertlm)
+
+# Metadata options: (flag, MetadataOverrides field, help).
+_METADATA_TEXT_ARGS = (
+    ("--user-prefix", "user_prefix", "text before each user message"),
+    ("--user-suffix", "user_suffix", "text after each user message"),
+    ("--model-prefix", "model_prefix", "text that opens the model's reply"),
+    ("--model-suffix", "model_suffix", "text that closes the model's reply"),
+    ("--system-prefix", "system_prefix", "text before a system message"),
+    ("--system-suffix", "system_suffix", "text after a system message"),
+)
+
+
+def _add_metadata_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "bundle metadata (default: from the checkpoint's tokenizer; \\n in texts is a newline)"
+    )
+    group.add_argument(
+        "--start-token", default=None, help="token the engine puts before prompts (id, text, none)"
+    )
+    group.add_argument(
+        "--stop-tokens",
+        default=None,
+        help="comma-separated tokens that end generation (ids or texts)",
+    )
+    for flag, _, text in _METADATA_TEXT_ARGS:
+        group.add_argument(flag, default=None, help=text)
+    group.add_argument(
+        "--chat-template", default=None, help="a Jinja chat template file to read the texts from"
+    )
+    group.add_argument(
+        "--jinja-template",
+        default=None,
+        help="a Jinja chat template file stored as is (.litertlm only)",
+    )
+    group.add_argument(
+        "--max-num-tokens",
+        type=int,
+        default=None,
+        help="context size (.litertlm only; default: KV cache)",
+    )
+
+
+def _unescape(text: str) -> str:
+    """Turn the escapes \\n, \\t, \\r and \\\\ typed on a command line into characters."""
+    table = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+    return re.sub(r"\\([ntr\\])", lambda m: table[m.group(1)], text)
+
+
+def _read_text_file(path: str, flag: str) -> str:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} file {path!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _metadata_overrides(args: argparse.Namespace):
+    """The metadata options given, or None if there are none."""
+    from genapi.bundle import MetadataOverrides
+
+    values = {}
+    if args.start_token is not None:
+        values["start_token"] = args.start_token
+    if args.stop_tokens is not None:
+        values["stop_tokens"] = [t for t in args.stop_tokens.split(",") if t]
+    for _, field, _ in _METADATA_TEXT_ARGS:
+        if getattr(args, field) is not None:
+            values[field] = _unescape(getattr(args, field))
+    if args.chat_template is not None:
+        values["chat_template"] = _read_text_file(args.chat_template, "--chat-template")
+    if args.jinja_template is not None:
+        values["jinja_template"] = _read_text_file(args.jinja_template, "--jinja-template")
+    if args.max_num_tokens is not None:
+        values["max_num_tokens"] = args.max_num_tokens
+    return MetadataOverrides(**values) if values else None
+
+
+def _bundle_metadata(output: str, tokenizer, overrides):
+    """The metadata for `output`, checked against the bundle kind before any long work."""
+    from genapi.bundle import bundle_kind, metadata_from_tokenizer
+    from genapi.bundle.metadata import describe
+    from genapi.bundle.protos import llm_parameters_bytes
+
+    metadata = metadata_from_tokenizer(tokenizer, overrides=overrides)
+    if bundle_kind(output) == "task":
+        if tokenizer.kind != "sentencepiece":
+            raise ValueError(
+                f"{output!r}: a .task carries only a SentencePiece tokenizer, and this model's "
+                f"is {tokenizer.kind!r}; write a .litertlm instead (-o model.litertlm)"
+            )
+        llm_parameters_bytes(metadata, tokenizer)  # raises for what a .task cannot hold
+    logger.info("bundle metadata: %s", describe(metadata, tokenizer))
+    return metadata
+
+
+def _convert_bundle(args: argparse.Namespace) -> int:
+    """`convert -o model.task|.litertlm`: convert to a temporary .tflite beside the output,
+    bundle it, and leave nothing else behind."""
+    import io
+    import tempfile
+
+    from genapi.bundle import write_bundle
+    from genapi.loading.checkpoint import open_checkpoint, open_tokenizer
+
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"output folder {folder!r} does not exist")
+    overrides = _metadata_overrides(args)
+    if overrides is not None and overrides.max_num_tokens is not None:
+        if overrides.max_num_tokens > args.kv_cache_len:
+            raise ValueError(
+                f"--max-num-tokens {overrides.max_num_tokens} exceeds --kv-cache-len "
+                f"{args.kv_cache_len}"
+            )
+    start = time.perf_counter()
+    tokenizer = open_tokenizer(open_checkpoint(args.source, architecture=args.architecture))
+    metadata = _bundle_metadata(args.output, tokenizer, overrides)
+
+    fd, model = tempfile.mkstemp(prefix=f".{os.path.basename(args.output)}.", suffix=".tflite",
+                                 dir=folder)  # fmt: skip
+    os.close(fd)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # its "wrote" line names the temp file
+            _convert(_without_metadata(args, output=model))
+        path = write_bundle(model, tokenizer, args.output, metadata=metadata)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(model)
+    size = path.stat().st_size / 2**20
+    print(f"wrote {path} ({size:.1f} MiB) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _without_metadata(args: argparse.Namespace, *, output: str) -> argparse.Namespace:
+    """`args` for converting to the .tflite `output`: the metadata options left out."""
+    cleared = {f: None for f in ("start_token", "stop_tokens", "chat_template", "jinja_template")}
+    cleared.update({field: None for _, field, _ in _METADATA_TEXT_ARGS})
+    return argparse.Namespace(**{**vars(args), **cleared, "max_num_tokens": None, "output": output})
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from genapi.bundle import bundle_kind, write_bundle
+    from genapi.loading.checkpoint import open_checkpoint, open_tokenizer
+
+    if bundle_kind(args.output) is None:
+        raise ValueError(f"output {args.output!r} must end in .task or .litertlm")
+    if not os.path.isfile(args.model):
+        raise FileNotFoundError(f"no such .tflite file: {args.model!r}")
+    start = time.perf_counter()
+    tokenizer = open_tokenizer(open_checkpoint(args.tokenizer))
+    metadata = _bundle_metadata(args.output, tokenizer, _metadata_overrides(args))
+    path = write_bundle(args.model, tokenizer, args.output, metadata=metadata)
+    size = path.stat().st_size / 2**20
+    print(f"wrote {path} ({size:.1f} MiB) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _generate_bundle(args: argparse.Namespace) -> int:
+    """Generate with a .task/.litertlm: in LiteRT-LM's engine, or genapi's runner on the
+    extracted model, both fed the prompt the bundle's metadata describes."""
+    from genapi.bundle import read_bundle
+    from genapi.bundle.engine import engine_available
+
+    if args.tokenizer is not None:
+        raise ValueError(f"{args.source!r} carries its own tokenizer; drop --tokenizer")
+    contents = read_bundle(args.source)  # checked first: the engine aborts on a bad file
+    engine = args.engine
+    if engine == "auto":
+        engine = "litert-lm" if engine_available() else "genapi"
+    _sampling(args)
+    with _native_logs_hidden(not args.verbose):
+        if engine == "litert-lm":
+            return _run_bundle_engine(args, contents)
+        return _run_bundle_genapi(args, contents)
+
+
+def _bundle_chat(reply, prompt: str | None) -> int:
+    """Answer `prompt`, or each line of stdin as a conversation of its own."""
+    if prompt is not None:
+        print(f"> {prompt}", file=sys.stderr)
+        reply(prompt)
+        return 0
+    print("[each line is a new single-turn chat; an empty line or /exit ends]", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            return 0
+        if not line or line in ("/exit", "/quit"):
+            return 0
+        reply(line)
+
+
+def _run_bundle_engine(args: argparse.Namespace, contents) -> int:
+    from genapi.bundle.engine import engine_stream, open_engine
+
+    sampling = _sampling(args)
+    start = time.perf_counter()
+    engine = open_engine(contents.path, threads=args.threads)
+    print(f"[{contents.path.name}, LiteRT-LM engine CPU, {args.threads} threads, loaded in "
+          f"{time.perf_counter() - start:.1f} s]", file=sys.stderr)  # fmt: skip
+
+    def reply(text: str) -> None:
+        chunks = engine_stream(
+            engine,
+            text,
+            max_new_tokens=args.max_new_tokens,
+            chat=not args.no_chat,
+            sampling=sampling,
+            vocab_size=contents.shape.vocab_size,
+        )
+        began, count = time.perf_counter(), 0
+        for chunk in chunks:
+            count += 1
+            print(chunk, end="", flush=True)
+        print()
+        seconds = time.perf_counter() - began
+        print(f"[{count} tokens in {seconds:.2f} s, LiteRT-LM]", file=sys.stderr)
+
+    try:
+        return _bundle_chat(reply, args.prompt)
+    finally:
+        engine = None
+        gc.collect()
+
+
+def _run_bundle_genapi(args: argparse.Namespace, contents) -> int:
+    from genapi.bundle import extracted_model
+    from genapi.runtime import LiteRTGenerator
+
+    sampling = _sampling(args)
+    tokenizer = contents.tokenizer()
+    metadata = contents.metadata(tokenizer)
+    with extracted_model(contents) as model_path:
+        generator = LiteRTGenerator(model_path, num_threads=args.threads)
+        print(f"[{contents.path.name}, genapi runner (LiteRT CPU), {args.threads} threads]",
+              file=sys.stderr)  # fmt: skip
+
+        def reply(text: str) -> None:
+            ids = metadata.prompt_ids(tokenizer, text, chat=not args.no_chat)
+            tokens = generator.generate(
+                ids,
+                max_new_tokens=args.max_new_tokens,
+                sampling=sampling,
+                stop_ids=metadata.stop_token_ids,
+            )
+            _stream(tokenizer, tokens, limit=args.max_new_tokens)
+            stats = generator.stats
+            print(f"[prefill {stats.prompt_tokens} tokens: {stats.prefill_tokens_per_second:.1f} "
+                  f"tok/s; decode {stats.decode_tokens} tokens: "
+                  f"{stats.decode_tokens_per_second:.1f} tok/s]", file=sys.stderr)  # fmt: skip
+
+        try:
+            return _bundle_chat(reply, args.prompt)
+        finally:
+            generator = None
+            gc.collect()
+
+
+def _part_override(text: str) -> tuple[str, str]:
+    part, sep, name = text.partition("=")
+    if not sep or part not in PARTS or name not in RECIPES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not PART=RECIPE with PART one of {', '.join(PARTS)} and RECIPE one of "
+            f"{', '.join(RECIPES)}"
+        )
+    return part, name
+
+
+def _quant_recipe(args: argparse.Namespace):
+    from genapi.export.quantize import recipe
+
+    return recipe(args.quantize, block_size=args.block_size, overrides=dict(args.quantize_part))
+
+
 def _convert(args: argparse.Namespace) -> int:
+    from genapi.bundle import bundle_kind
     from genapi.export.llm import export_llm
     from genapi.loading.checkpoint import model_weights, open_checkpoint
     from genapi.models import build_model
 
+    if bundle_kind(args.output) is not None:
+        return _convert_bundle(args)
+    if _metadata_overrides(args) is not None:
+        raise ValueError(
+            "the bundle metadata options apply only to .task and .litertlm outputs, "
+            f"not to {args.output!r}"
+        )
     if not args.output.endswith(".tflite"):
-        raise ValueError(f"output {args.output!r} must end in .tflite")
+        raise ValueError(f"output {args.output!r} must end in .tflite, .task or .litertlm")
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"output folder {folder!r} does not exist")
@@ -125,6 +453,7 @@ def _convert(args: argparse.Namespace) -> int:
         kv_layout=args.kv_layout,
         mask_input=args.mask_input,
         prefill_logits=args.prefill_logits,
+        quantize=_quant_recipe(args),
         weights=model_weights(ckpt),
         progress=True,
     )
@@ -166,7 +495,7 @@ def _generate(args: argparse.Namespace, source: str, prompt: str | None, *, chat
     start = time.perf_counter()
     ckpt = open_checkpoint(source, architecture=getattr(args, "architecture", None))
     tokenizer = open_tokenizer(ckpt)
-    model = load(ckpt)
+    model = load(ckpt, progress=True)
     print(f"[{ckpt.path.name}, PyTorch fp32, loaded in {time.perf_counter() - start:.1f} s]",
           file=sys.stderr)  # fmt: skip
 
@@ -362,6 +691,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == "demo":
             return _demo(args)
         if args.command == "generate":
+            from genapi.bundle import bundle_kind
+
+            if bundle_kind(args.source) is not None:
+                return _generate_bundle(args)
             if args.source.endswith(".tflite"):
                 if args.tokenizer is None:
                     raise ValueError(
@@ -377,6 +710,8 @@ def _run(args: argparse.Namespace) -> int:
             return _generate(args, args.source, args.prompt, chat=not args.no_chat)
         if args.command == "convert":
             return _convert(args)
+        if args.command == "bundle":
+            return _bundle(args)
         if args.command == "inspect":
             return _inspect(args)
         if args.command == "models":

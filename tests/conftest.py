@@ -11,6 +11,8 @@ from genapi.loading.checkpoint import model_weights, open_checkpoint, open_token
 
 # The converted SmolLM2 used by the real-model tests: one prefill length, logits on prefill.
 SMOLLM2_PREFILL, SMOLLM2_CACHE = 64, 128
+# The converted Gemma 3 270M: small prefill and cache keep it quick to convert and run.
+GEMMA3_PREFILL, GEMMA3_CACHE = 32, 128
 
 
 @pytest.fixture(scope="session")
@@ -51,4 +53,20 @@ def smollm2_tflite(smollm2_checkpoint, tmp_path_factory):
         kv_cache_len=SMOLLM2_CACHE,
         prefill_logits=True,
         weights=model_weights(smollm2_checkpoint),
+    )
+
+
+@pytest.fixture(scope="session")
+def gemma3_tflite(gemma3_path, tmp_path_factory):
+    """Gemma 3 270M converted to fp32 .tflite once (prefill 32, KV cache 128, no prefill logits),
+    streamed from the GGUF by a meta model."""
+    checkpoint = open_checkpoint(gemma3_path)
+    path = tmp_path_factory.mktemp("gemma3") / "gemma3.tflite"
+    meta = genapi.build_model(checkpoint.config, device="meta")
+    return export_llm(
+        meta,
+        path,
+        prefill_lengths=(GEMMA3_PREFILL,),
+        kv_cache_len=GEMMA3_CACHE,
+        weights=model_weights(checkpoint),
     )
