@@ -17,6 +17,7 @@ _EXPORTS = {
     "SamplingConfig": "genapi.sampling",
     "TransformerConfig": "genapi.layers",
     "build_model": "genapi.models",
+    "convert": "genapi.export.convert",
     "export_llm": "genapi.export.llm",
     "generate": "genapi.generation",
     "get_family": "genapi.models",
