@@ -28,6 +28,13 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
+# Debian packages of the C++ runner (genapi/examples/cpp) and its tests, installed when missing
+# if make runs as root with apt-get; otherwise the script names them and those tests skip.
+.PHONY: cpp-deps
+test: cpp-deps
+cpp-deps:
+	sh scripts/install-cpp-deps.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
