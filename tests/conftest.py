@@ -70,3 +70,34 @@ def gemma3_tflite(gemma3_path, tmp_path_factory):
         kv_cache_len=GEMMA3_CACHE,
         weights=model_weights(checkpoint),
     )
+
+
+@pytest.fixture(scope="session")
+def smollm2_int8_tflite(smollm2_checkpoint, tmp_path_factory):
+    """SmolLM2 in dynamic_int8 (prefill 64, KV cache 128), for bundle and runner tests."""
+    path = tmp_path_factory.mktemp("smollm2_int8") / "smollm2-int8.tflite"
+    meta = genapi.build_model(smollm2_checkpoint.config, device="meta")
+    return export_llm(
+        meta,
+        path,
+        prefill_lengths=(SMOLLM2_PREFILL,),
+        kv_cache_len=SMOLLM2_CACHE,
+        quantize="dynamic_int8",
+        weights=model_weights(smollm2_checkpoint),
+    )
+
+
+@pytest.fixture(scope="session")
+def gemma3_int8_tflite(gemma3_path, tmp_path_factory):
+    """Gemma 3 270M in dynamic_int8 (prefill 32, KV cache 128), for bundle and runner tests."""
+    checkpoint = open_checkpoint(gemma3_path)
+    path = tmp_path_factory.mktemp("gemma3_int8") / "gemma3-int8.tflite"
+    meta = genapi.build_model(checkpoint.config, device="meta")
+    return export_llm(
+        meta,
+        path,
+        prefill_lengths=(GEMMA3_PREFILL,),
+        kv_cache_len=GEMMA3_CACHE,
+        quantize="dynamic_int8",
+        weights=model_weights(checkpoint),
+    )

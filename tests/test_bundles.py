@@ -353,22 +353,26 @@ def test_tiny_models_of_every_family_run_in_engine(tiny_models):
 # ---- real models in the engine
 
 
-def test_smollm2_litertlm_in_engine(smollm2_tflite, smollm2_tokenizer, tmp_path):
-    bundle = write_bundle(smollm2_tflite, smollm2_tokenizer, tmp_path / "smollm2.litertlm")
+def test_smollm2_litertlm_in_engine(smollm2_int8_tflite, smollm2_tokenizer, tmp_path):
+    """Real SmolLM2 in dynamic_int8 with its byte-level BPE tokenizer."""
+    model = smollm2_int8_tflite
+    bundle = write_bundle(model, smollm2_tokenizer, tmp_path / "smollm2.litertlm")
     contents = read_bundle(bundle)
     assert contents.tokenizer_kind == "tokenizer.json"
-    assert contents.model_size == smollm2_tflite.stat().st_size
+    assert contents.model_size == model.stat().st_size
     _check_engine_matches_runner(
-        bundle, smollm2_tflite, SMOLLM2_PROMPT, chat=True, label="SmolLM2 .litertlm", expect="Paris"
+        bundle, model, SMOLLM2_PROMPT, chat=True, label="SmolLM2 int8 .litertlm", expect="Paris"
     )
 
 
 @pytest.mark.parametrize("suffix", [".task", ".litertlm"])
-def test_gemma3_bundle_in_engine(gemma3_tflite, gemma3_tokenizer, tmp_path, suffix):
-    bundle = write_bundle(gemma3_tflite, gemma3_tokenizer, tmp_path / f"gemma3{suffix}")
+def test_gemma3_bundle_in_engine(gemma3_int8_tflite, gemma3_tokenizer, tmp_path, suffix):
+    """Real Gemma 3 270M in dynamic_int8 with its SentencePiece model."""
+    model = gemma3_int8_tflite
+    bundle = write_bundle(model, gemma3_tokenizer, tmp_path / f"gemma3{suffix}")
     assert read_bundle(bundle).tokenizer_kind == "sentencepiece"
     _check_engine_matches_runner(
-        bundle, gemma3_tflite, GEMMA3_PROMPT, chat=False, label=f"Gemma 3 {suffix}", expect="France"
+        bundle, model, GEMMA3_PROMPT, chat=False, label=f"Gemma 3 int8 {suffix}", expect="France"
     )
 
 

@@ -248,6 +248,8 @@ def test_gemma3_matches_python_runner(
     tokenizer_path, tokenizer = cpp_gemma3_tokenizer
     if (quantize, layout) == ("none", "transposed"):
         path = request.getfixturevalue("gemma3_tflite")  # shared with other real-model tests
+    elif (quantize, layout) == ("dynamic_int8", "transposed"):
+        path = request.getfixturevalue("gemma3_int8_tflite")  # shared with the bundle tests
     else:
         path = export_llm(
             request.getfixturevalue("cpp_gemma3_model"),
