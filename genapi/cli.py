@@ -632,6 +632,11 @@ def _stream(tokenizer, tokens, *, limit: int) -> tuple[float | None, int, str]:
     return first, len(ids), tokenizer.decode(ids)
 
 
+# The recipe the demo converts with: the best measured trade-off of size, speed and agreement
+# with the float model on SmolLM2 (see benchmarks/quantization.py and runtime_speed.py).
+DEMO_RECIPE = "dynamic_int8"
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Convert the embedded SmolLM2-135M-Instruct once (reused later) and run the file."""
     from genapi.defaults import DEFAULT_PROMPT, default_checkpoint
@@ -642,12 +647,12 @@ def _demo(args: argparse.Namespace) -> int:
     ckpt = open_checkpoint(default_checkpoint())
     cache = os.environ.get("GENAPI_CACHE", os.path.expanduser("~/.cache/genapi"))
     os.makedirs(cache, exist_ok=True)
-    path = os.path.join(cache, f"{ckpt.config.name}-fp32.tflite")
+    path = os.path.join(cache, f"{ckpt.config.name}-{DEMO_RECIPE}.tflite")
     if not os.path.isfile(path):
-        print(f"[converting {ckpt.path.name} to {path}]", file=sys.stderr)
+        print(f"[converting {ckpt.path.name} to {path} ({DEMO_RECIPE})]", file=sys.stderr)
         start = time.perf_counter()
         meta = build_model(ckpt.config, device="meta")
-        export_llm(meta, path, weights=model_weights(ckpt), progress=True)
+        export_llm(meta, path, quantize=DEMO_RECIPE, weights=model_weights(ckpt), progress=True)
         print(f"[converted in {time.perf_counter() - start:.1f} s]", file=sys.stderr)
     prompt = args.prompt or DEFAULT_PROMPT
     return _generate_tflite(args, path, open_tokenizer(ckpt), prompt, chat=True)

@@ -147,3 +147,17 @@ def test_runtime_does_not_import_torch(tiny_tflite, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ok" in result.stdout
+
+
+def test_interpreter_backend_matches_compiled_model(smollm2_int8_tflite, smollm2_tokenizer):
+    """The fallback for machines with only tflite-runtime (here run on ai-edge-litert's
+    Interpreter): same greedy tokens as the CompiledModel path."""
+    from genapi.export.inspect import hybrid_per_channel_ops
+
+    ids = prompt_ids(smollm2_tokenizer, "What is the capital of France?", chat=True)
+    runs = {}
+    for backend in ("compiled", "interpreter"):
+        generator = LiteRTGenerator(smollm2_int8_tflite, backend=backend)
+        runs[backend] = list(generator.generate(ids, max_new_tokens=12, stop_ids=()))
+    assert runs["compiled"] == runs["interpreter"]
+    assert hybrid_per_channel_ops(smollm2_int8_tflite) > 0  # what the old-runtime warning reads

@@ -159,6 +159,40 @@ def inspect_model(path: str | os.PathLike) -> dict[str, Any]:
     return {"path": str(path), "file_size": file_size, **info}
 
 
+def hybrid_per_channel_ops(path: str | os.PathLike) -> int:
+    """Count FULLY_CONNECTED ops that take float inputs and int8/int4 weights with more than one
+    scale (the hybrid per-channel kernels some older runtimes compute wrong)."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        model = schema().Model.GetRootAs(mm, 0)
+        count = _count_hybrid_per_channel(model)
+        del model  # drop the reader's view of the map before it closes
+    return count
+
+
+def _count_hybrid_per_channel(model) -> int:
+    s = schema()
+    codes = [
+        max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+        for i in range(model.OperatorCodesLength())
+    ]
+    count = 0
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for o in range(graph.OperatorsLength()):
+            op = graph.Operators(o)
+            if codes[op.OpcodeIndex()] != s.BuiltinOperator.FULLY_CONNECTED:
+                continue
+            x, w = graph.Tensors(op.Inputs(0)), graph.Tensors(op.Inputs(1))
+            q = w.Quantization()
+            count += int(
+                x.Type() == s.TensorType.FLOAT32
+                and w.Type() in (s.TensorType.INT8, s.TensorType.INT4)
+                and q is not None
+                and (q.ScaleLength() > 1 or q.DetailsType() != 0)
+            )
+    return count
+
+
 def _human_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
