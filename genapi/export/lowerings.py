@@ -120,8 +120,55 @@ def _cat(ctx, node, args, kwargs):
     axis = _axis(dim, len(node.meta["val"].shape))
     if len(tensors) == 1:
         return tensors[0]
+    rotated = _rotate_half_source(ctx, node, axis)
+    if rotated is not None:
+        return _rotate_half(ctx, rotated)
     opts = _options("ConcatenationOptionsT", axis=axis)
     return ctx.op("CONCATENATION", tensors, options=opts)
+
+
+def _slice_range(node, rank: int) -> tuple[int, int, int] | None:
+    """(axis, start, end) of a unit-step `aten.slice` node on a tensor of `rank`, else None."""
+    if node.target != aten.slice.Tensor:
+        return None
+    x, dim, start, end, *rest = (*node.args, None, None, None)[:5]
+    size = node.args[0].meta["val"].shape
+    if rest and rest[0] not in (None, 1):
+        return None
+    axis = _axis(dim if dim is not None else 0, rank)
+    start = 0 if start is None else start
+    end = size[axis] if end is None else min(end, size[axis])
+    return axis, start + size[axis] if start < 0 else start, end + size[axis] if end < 0 else end
+
+
+def _rotate_half_source(ctx, node, axis: int):
+    """x when `node` is cat((-x[..., h:], x[..., :h]), -1), rotary embedding's rotate-half."""
+    parts = node.args[0]
+    rank = len(node.meta["val"].shape)
+    if len(parts) != 2 or axis != rank - 1 or parts[0].target != aten.neg.default:
+        return None
+    high, low = parts[0].args[0], parts[1]
+    high_range, low_range = _slice_range(high, rank), _slice_range(low, rank)
+    if high_range is None or low_range is None or high.args[0] is not low.args[0]:
+        return None
+    width = low.args[0].meta["val"].shape[-1]
+    half = width // 2
+    if width % 2 or high_range != (axis, half, width) or low_range != (axis, 0, half):
+        return None
+    source = ctx.env.get(low.args[0].name)
+    return source if isinstance(source, Tensor) else None
+
+
+def _rotate_half(ctx, x: Tensor) -> Tensor:
+    """rotate_half(x) as one FULLY_CONNECTED by a signed permutation (instead of two slices,
+    a negation and a concatenation). Exact: each output is one input times +-1 plus zeros."""
+    width = x.shape[-1]
+    half = width // 2
+    matrix = torch.zeros(width, width)  # [out, in], as FULLY_CONNECTED stores weights
+    matrix[torch.arange(half), torch.arange(half) + half] = -1.0
+    matrix[torch.arange(half) + half, torch.arange(half)] = 1.0
+    opts = _options("FullyConnectedOptionsT", keepNumDims=True)
+    return ctx.op("FULLY_CONNECTED", [x, ctx.constant(matrix), None], options=opts)
 
 
 @lowering(aten.slice.Tensor)

@@ -39,6 +39,7 @@ def optimize(ops: list[Op], *, shapes: dict[int, tuple], keep: set[int], reshape
     ops = _fold_transposes_into_matmul(ops, shapes=shapes, reshape=reshape)
     ops = _transposes_of_unit_dims_to_reshapes(ops, shapes=shapes, reshape=reshape)
     ops = _collapse_reshapes(ops)
+    ops = _merge_duplicates(ops, keep)
     return _drop_dead(ops, keep)
 
 
@@ -127,6 +128,48 @@ def _collapse_reshapes(ops: list[Op]) -> list[Op]:
                 op = copy.copy(op)
                 op.inputs = [inner.inputs[0], *op.inputs[1:]]
                 inner = producers.get(op.inputs[0])
+        result.append(op)
+    return result
+
+
+def _options_key(value):
+    """A hashable, comparable form of an options object (or any value inside one)."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(_options_key(v) for v in value)
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return _options_key(value.tolist())
+    return (
+        type(value).__name__,
+        tuple(sorted((k, _options_key(v)) for k, v in vars(value).items())),
+    )
+
+
+def _merge_duplicates(ops: list[Op], keep: set[int]) -> list[Op]:
+    """An op equal to an earlier one (same kind, inputs and options) reuses its outputs.
+
+    Each transformer block is lowered from the same traced program, so it recomputes the
+    values that only depend on the signature inputs: the rotary tables reshaped for its heads,
+    the cache write position. One copy of each serves every block. Ops producing signature
+    outputs are kept as they are.
+    """
+    renamed: dict[int, int] = {}
+    seen: dict[tuple, list[int]] = {}
+    result = []
+    for op in ops:
+        if any(i in renamed for i in op.inputs):
+            op = copy.copy(op)
+            op.inputs = [renamed.get(i, i) for i in op.inputs]
+        if any(out in keep for out in op.outputs):
+            result.append(op)
+            continue
+        key = (op.op, op.version, tuple(op.inputs), _options_key(op.options))
+        first = seen.get(key)
+        if first is not None and len(first) == len(op.outputs):
+            renamed.update(zip(op.outputs, first, strict=True))
+            continue
+        seen[key] = list(op.outputs)
         result.append(op)
     return result
 
