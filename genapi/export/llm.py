@@ -155,14 +155,14 @@ def export_llm(
     if timings is not None:
         timings.update(stages)
     logger.info("wrote %s (%d signatures)", path, len(specs))
-    hybrid = sorted({p.key for p in quant.parts.values() if p.dynamic})
-    if hybrid:
+    if any(p.dynamic for p in quant.parts.values()):
         logger.warning(
-            "%s uses hybrid FULLY_CONNECTED kernels with per-channel %s weights: correct in "
-            "ai-edge-litert and LiteRT-LM, computed wrong by tflite-runtime 2.14 (outputs equal "
-            "the bias); use --quantize none, fp16 or weight_only_int8 for that runtime",
-            path.name,
-            "/".join(hybrid),
+            "the %s recipe uses hybrid FULLY_CONNECTED kernels (%s weights, float "
+            "activations): correct in ai-edge-litert and LiteRT-LM, computed wrong by "
+            "tflite-runtime 2.14 (outputs equal the bias); use --quantize none, fp16 or "
+            "weight_only_int8 for that runtime",
+            quant.name,
+            " and ".join(sorted({p.scheme for p in quant.parts.values() if p.dynamic})),
         )
     return path
 
