@@ -102,8 +102,12 @@ def resnet_reference(resnet, resnet_inputs):
 
 def test_resnet18_fp32_matches_pytorch(resnet_fp32, resnet_reference):
     edge, path, outputs = resnet_fp32
-    assert _rel_error(outputs, resnet_reference) <= TOLERANCE
     ops = _ops(path)
+    print(
+        f"ResNet-18 fp32: error {_rel_error(outputs, resnet_reference):.2e} of the largest output, "
+        f"{ops.get('TRANSPOSE', 0)} TRANSPOSE of {sum(ops.values())} ops"
+    )
+    assert _rel_error(outputs, resnet_reference) <= TOLERANCE
     assert ops.get("TRANSPOSE", 0) <= 2, ops
     assert ops["CONV_2D"] == 20 and "BATCH_NORM" not in ops  # batch norms folded
     info = inspect_model(path)["signatures"][0]
@@ -119,6 +123,11 @@ def test_resnet18_dynamic_int8(resnet_fp32, resnet_int8):
     assert ratio <= 0.27, ratio
     assert _snr_db(fp32, int8) >= 30.0
     fp32_top1, int8_top1 = fp32.argmax(1), int8.argmax(1)
+    agreement = float((fp32_top1 == int8_top1).float().mean())
+    print(
+        f"ResNet-18 dynamic_int8: {100 * ratio:.1f}% of fp32, SNR {_snr_db(fp32, int8):.1f} dB, "
+        f"{len(set(fp32_top1.tolist()))} fp32 classes, top-1 agreement {100 * agreement:.0f}%"
+    )
     assert len(set(fp32_top1.tolist())) >= 10
     assert float((fp32_top1 == int8_top1).float().mean()) >= 0.95
     weights = _filter_types(edge.content)
