@@ -263,18 +263,17 @@ def _part_of_linear(key: str) -> str:
 
 
 def _block_sums(ctx, x: Tensor, block_size: int) -> Tensor:
-    """Sums of `x` over consecutive blocks of its last dimension, shared by its readers."""
+    """Sums of `x` over consecutive blocks of its last dimension, shared by its readers: one
+    FULLY_CONNECTED by a 0/1 matrix (one op where RESHAPE + SUM would take two)."""
     key = ("block_sums", x.index, block_size)
     if key not in ctx.cache:
-        blocks = x.shape[-1] // block_size
-        split = (*x.shape[:-1], blocks, block_size)
-        grouped = ctx.new_tensor(split, x.dtype, name="blocks")
-        ctx.emit("RESHAPE", [x, ctx.int_vector(split)], [grouped])
+        columns = x.shape[-1]
+        blocks = columns // block_size
+        matrix = torch.zeros(blocks, columns)  # [out, in]
+        matrix[torch.arange(columns) // block_size, torch.arange(columns)] = 1.0
         sums = ctx.new_tensor((*x.shape[:-1], blocks), x.dtype, name="block_sums")
-        axis = ctx.int_vector([len(split) - 1])
-        ctx.emit(
-            "SUM", [grouped, axis], [sums], options=_options("ReducerOptionsT", keepDims=False)
-        )
+        opts = _options("FullyConnectedOptionsT", keepNumDims=True)
+        ctx.emit("FULLY_CONNECTED", [x, ctx.constant(matrix), None], [sums], options=opts)
         ctx.cache[key] = sums
     return ctx.cache[key]
 
