@@ -34,6 +34,9 @@ SCHEMES = ("none", "fp16", "int8", "int4")
 
 BLOCK_SIZES = (32, 64, 128)
 
+# Elements quantized at once; bounds the float temporaries of one weight to a few MB.
+_CHUNK_ELEMENTS = 1 << 20
+
 # Smallest scale used: keeps all-zero rows finite and float16 scales out of subnormals.
 _MIN_SCALE = 2.0**-14
 
@@ -278,22 +281,36 @@ class QuantizedWeight:
     def _values(self) -> np.ndarray:
         from genapi.export.tflite_writer import pack_int4
 
-        w = _as_float32(self._produce()).reshape(self.shape)
+        w = _as_float32(self._produce()).reshape(self.shape[0], -1)
+        rows, columns = w.shape
         scheme = self.part.scheme
         if scheme == "fp16":
-            return w.astype(np.float16)
+            return w.astype(np.float16).reshape(self.shape)
+        # Rows are independent: quantize a band of rows at a time, so the float temporaries
+        # stay small next to the weight itself (a 49152 x 576 embedding is 113 MB in fp32).
+        step = max(1, _CHUNK_ELEMENTS // max(columns, 1))
+        bands = [slice(r, min(r + step, rows)) for r in range(0, rows, step)]
         if scheme == "int8":
-            q, scales = int8_per_channel(w, axis=0)
-            self.row_scales[:] = scales
-            return q
-        w = w.reshape(self.shape[0], -1)
-        if self.part.zero_points:
-            q, scales, offsets = int4_blockwise_asymmetric(w, self.part.block_size)
-            self._offsets = offsets
-        else:
-            q, scales = int4_blockwise(w, self.part.block_size)
-        self._block_scales = scales
-        return pack_int4(q)
+            q = np.empty((rows, columns), np.int8)
+            for band in bands:
+                q[band], self.row_scales[band] = int8_per_channel(w[band], axis=0)
+            return q.reshape(self.shape)
+        blocks = columns // self.part.block_size
+        packed = np.empty((rows * columns + 1) // 2, np.uint8)
+        scales = np.empty((rows, blocks), np.float16)
+        offsets = np.empty((rows, blocks), np.float32) if self.part.zero_points else None
+        # Packing two values per byte needs an even count per band: even row counts, or any
+        # rows when the columns are even (they are: block sizes are even).
+        for band in bands:
+            if self.part.zero_points:
+                q, scales[band], offsets[band] = int4_blockwise_asymmetric(
+                    w[band], self.part.block_size
+                )
+            else:
+                q, scales[band] = int4_blockwise(w[band], self.part.block_size)
+            packed[band.start * columns // 2 : band.stop * columns // 2] = pack_int4(q)
+        self._block_scales, self._offsets = scales, offsets
+        return packed
 
     @property
     def blocks(self) -> tuple[int, int]:
