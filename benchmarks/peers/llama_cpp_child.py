@@ -1,0 +1,97 @@
+"""llama.cpp side of `make bench-peers`; runs in the llama-cpp environment, not genapi's.
+
+    python llama_cpp_child.py prepare SOURCE.gguf FOLDER   # F32, Q8_0, Q4_0 files, once
+    python llama_cpp_child.py measure MODEL.gguf            # one JSON line
+
+`prepare` requantizes the shipped Q4_1 file with llama.cpp's own quantizer (F32 is the Q4_1
+weights dequantized, the same values genapi converts). `measure` times a 128-token prefill
+and 32 greedy decode steps on 2 threads, best of three, and reads the peak RSS above the
+baseline after imports.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import sys
+import time
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+# llama.cpp file types (enum llama_ftype).
+FTYPES = {"F32": 0, "Q8_0": 7, "Q4_0": 2}
+PROMPT = list(range(100, 228))
+STEPS = 32
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def prepare(source: Path, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, ftype in FTYPES.items():
+        target = folder / f"smollm2-135m-{name}.gguf"
+        if target.is_file():
+            continue
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.allow_requantize = True
+        params.nthread = 2
+        partial = target.with_suffix(".partial")
+        status = llama_cpp.llama_model_quantize(
+            str(source).encode(), str(partial).encode(), ctypes.byref(params)
+        )
+        if status != 0:
+            raise SystemExit(f"llama_model_quantize to {name} failed with status {status}")
+        partial.rename(target)
+
+
+def measure(path: Path) -> None:
+    baseline = _status("VmRSS")
+    llm = llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=512,
+        n_batch=128,
+        n_threads=2,
+        n_threads_batch=2,
+        logits_all=False,
+        verbose=False,
+    )
+    vocab = llm.n_vocab()
+    prefill, decode = [], []
+    for _ in range(3):
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(PROMPT)
+        prefill.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(STEPS):
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(vocab,))
+            token = int(np.argmax(logits))
+            llm.eval([token])
+        decode.append((time.perf_counter() - start) / STEPS)
+    print(
+        json.dumps(
+            {
+                "prefill_ms": 1000 * min(prefill),
+                "decode_ms": 1000 * min(decode),
+                "runtime_rss": _status("VmHWM") - baseline,
+                "file_bytes": path.stat().st_size,
+                "version": llama_cpp.__version__,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "prepare":
+        prepare(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        measure(Path(sys.argv[2]))
