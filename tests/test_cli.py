@@ -38,8 +38,9 @@ def test_convert_then_inspect(tmp_path, checkpoint, capsys):
     keys = {s["key"] for s in info["signatures"]}
     assert keys == {"prefill_4", "prefill_16", "decode"}
     decode = next(s for s in info["signatures"] if s["key"] == "decode")
-    # Per layer: fused q/k/v, o, fused gate/up, down; plus the head.
-    assert decode["ops"]["FULLY_CONNECTED"] == 2 * 4 + 1
+    # Per layer: fused q/k/v, o, fused gate/up, down and the rotate-half of q and of k (one
+    # small signed permutation each); plus the head.
+    assert decode["ops"]["FULLY_CONNECTED"] == 2 * (4 + 2) + 1
 
 
 @pytest.mark.parametrize(
