@@ -41,63 +41,67 @@ def smollm2_model(smollm2_checkpoint):
     return genapi.load(smollm2_checkpoint)
 
 
-@pytest.fixture(scope="session")
-def smollm2_tflite(smollm2_checkpoint, tmp_path_factory):
-    """SmolLM2 converted to fp32 .tflite once, streamed from the GGUF by a meta model."""
-    path = tmp_path_factory.mktemp("smollm2") / "smollm2.tflite"
-    meta = genapi.build_model(smollm2_checkpoint.config, device="meta")
+def _convert_once(checkpoint, folder, name: str, *, prefill: int, cache: int, **options):
+    """`checkpoint` converted once, by a meta model that streams its weights from the file."""
+    meta = genapi.build_model(checkpoint.config, device="meta")
     return export_llm(
         meta,
-        path,
-        prefill_lengths=(SMOLLM2_PREFILL,),
-        kv_cache_len=SMOLLM2_CACHE,
+        folder / name,
+        prefill_lengths=(prefill,),
+        kv_cache_len=cache,
+        weights=model_weights(checkpoint),
+        **options,
+    )
+
+
+@pytest.fixture(scope="session")
+def smollm2_tflite(smollm2_checkpoint, tmp_path_factory):
+    """SmolLM2 in fp32 (prefill 64 with logits, KV cache 128)."""
+    folder = tmp_path_factory.mktemp("smollm2")
+    return _convert_once(
+        smollm2_checkpoint,
+        folder,
+        "smollm2.tflite",
+        prefill=SMOLLM2_PREFILL,
+        cache=SMOLLM2_CACHE,
         prefill_logits=True,
-        weights=model_weights(smollm2_checkpoint),
     )
 
 
 @pytest.fixture(scope="session")
 def gemma3_tflite(gemma3_path, tmp_path_factory):
-    """Gemma 3 270M converted to fp32 .tflite once (prefill 32, KV cache 128, no prefill logits),
-    streamed from the GGUF by a meta model."""
+    """Gemma 3 270M in fp32 (prefill 32, KV cache 128, no prefill logits)."""
+    folder = tmp_path_factory.mktemp("gemma3")
     checkpoint = open_checkpoint(gemma3_path)
-    path = tmp_path_factory.mktemp("gemma3") / "gemma3.tflite"
-    meta = genapi.build_model(checkpoint.config, device="meta")
-    return export_llm(
-        meta,
-        path,
-        prefill_lengths=(GEMMA3_PREFILL,),
-        kv_cache_len=GEMMA3_CACHE,
-        weights=model_weights(checkpoint),
+    return _convert_once(
+        checkpoint, folder, "gemma3.tflite", prefill=GEMMA3_PREFILL, cache=GEMMA3_CACHE
     )
 
 
 @pytest.fixture(scope="session")
 def smollm2_int8_tflite(smollm2_checkpoint, tmp_path_factory):
     """SmolLM2 in dynamic_int8 (prefill 64, KV cache 128), for bundle and runner tests."""
-    path = tmp_path_factory.mktemp("smollm2_int8") / "smollm2-int8.tflite"
-    meta = genapi.build_model(smollm2_checkpoint.config, device="meta")
-    return export_llm(
-        meta,
-        path,
-        prefill_lengths=(SMOLLM2_PREFILL,),
-        kv_cache_len=SMOLLM2_CACHE,
+    folder = tmp_path_factory.mktemp("smollm2_int8")
+    return _convert_once(
+        smollm2_checkpoint,
+        folder,
+        "smollm2-int8.tflite",
+        prefill=SMOLLM2_PREFILL,
+        cache=SMOLLM2_CACHE,
         quantize="dynamic_int8",
-        weights=model_weights(smollm2_checkpoint),
     )
 
 
 @pytest.fixture(scope="session")
 def gemma3_int8_tflite(gemma3_path, tmp_path_factory):
     """Gemma 3 270M in dynamic_int8 (prefill 32, KV cache 128), for bundle and runner tests."""
+    folder = tmp_path_factory.mktemp("gemma3_int8")
     checkpoint = open_checkpoint(gemma3_path)
-    path = tmp_path_factory.mktemp("gemma3_int8") / "gemma3-int8.tflite"
-    meta = genapi.build_model(checkpoint.config, device="meta")
-    return export_llm(
-        meta,
-        path,
-        prefill_lengths=(GEMMA3_PREFILL,),
-        kv_cache_len=GEMMA3_CACHE,
+    return _convert_once(
+        checkpoint,
+        folder,
+        "gemma3-int8.tflite",
+        prefill=GEMMA3_PREFILL,
+        cache=GEMMA3_CACHE,
         quantize="dynamic_int8",
-        weights=model_weights(checkpoint),
     )

@@ -177,6 +177,17 @@ def bf16_exact_fp16(x: np.ndarray) -> np.ndarray:
     return rounded.astype(np.uint32).view(np.float32).astype(np.float16)
 
 
+def _blocks(weight: np.ndarray, block_size: int) -> np.ndarray:
+    """A `[rows, columns]` weight as float32 `[rows, columns / block_size, block_size]`."""
+    w = np.asarray(weight, dtype=np.float32)
+    if w.ndim != 2 or w.shape[1] % block_size:
+        raise ValueError(
+            f"int4 blocks of {block_size} need a 2-D weight whose columns they divide, "
+            f"got shape {list(w.shape)}"
+        )
+    return w.reshape(w.shape[0], -1, block_size)
+
+
 def int4_blockwise(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int4 quantization of a `[rows, columns]` weight in blocks along the columns.
 
@@ -187,14 +198,8 @@ def int4_blockwise(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.
     Raises:
         ValueError: if the weight is not 2-D or `block_size` does not divide its columns.
     """
-    w = np.asarray(weight, dtype=np.float32)
-    if w.ndim != 2 or w.shape[1] % block_size:
-        raise ValueError(
-            f"int4 blocks of {block_size} need a 2-D weight whose columns they divide, "
-            f"got shape {list(w.shape)}"
-        )
-    rows, columns = w.shape
-    blocks = w.reshape(rows, columns // block_size, block_size)
+    blocks = _blocks(weight, block_size)
+    rows, columns = blocks.shape[0], blocks.shape[1] * block_size
     # Symmetric over [-8, 7]: the largest magnitude maps to -8 or 7, whichever keeps the sign.
     amax = np.max(np.abs(blocks), axis=2)
     scale16 = bf16_exact_fp16(amax / 7.0)
@@ -214,14 +219,8 @@ def int4_blockwise_asymmetric(
         the least-squares one for the rounded values, so a weight that already lies on a
         16-level grid per block (as GGUF's Q4_1 stores it) comes back almost exactly.
     """
-    w = np.asarray(weight, dtype=np.float32)
-    if w.ndim != 2 or w.shape[1] % block_size:
-        raise ValueError(
-            f"int4 blocks of {block_size} need a 2-D weight whose columns they divide, "
-            f"got shape {list(w.shape)}"
-        )
-    rows, columns = w.shape
-    blocks = w.reshape(rows, columns // block_size, block_size)
+    blocks = _blocks(weight, block_size)
+    rows, columns = blocks.shape[0], blocks.shape[1] * block_size
     low = blocks.min(axis=2, keepdims=True)
     high = blocks.max(axis=2, keepdims=True)
     scale16 = bf16_exact_fp16(((high - low) / 15.0)[:, :, 0])
