@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.random import default_rng
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Sampler:
 
     def __init__(self, config: SamplingConfig | None = None):
         self.config = config or SamplingConfig()
-        self._rng = np.random.default_rng(self.config.seed)
+        self._rng = default_rng(self.config.seed)
 
     def __call__(self, logits: np.ndarray) -> int:
         cfg = self.config

@@ -315,10 +315,12 @@ def _fully_connected(ctx, x, weight: Const, bias, out) -> None:
 @lowering(aten.index.Tensor)
 def _index(ctx, node, args, kwargs):
     x, indices = args
-    if len(indices) != 1 or indices[0] is None:
-        raise LoweringError("only indexing the first dimension with one index tensor is supported")
-    opts = _options("GatherOptionsT", axis=0, batchDims=0)
-    return ctx.op("GATHER", [x, indices[0]], options=opts)
+    given = [i for i, index in enumerate(indices) if index is not None]
+    if len(given) != 1:
+        raise LoweringError("only indexing one dimension with one index tensor is supported")
+    axis = given[0]
+    opts = _options("GatherOptionsT", axis=axis, batchDims=0)
+    return ctx.op("GATHER", [x, indices[axis]], options=opts)
 
 
 @lowering(aten.index_copy.default)

@@ -40,7 +40,7 @@ def optimize(ops: list[Op], *, shapes: dict[int, tuple], keep: set[int], reshape
     ops = _transposes_of_unit_dims_to_reshapes(ops, shapes=shapes, reshape=reshape)
     ops = _collapse_reshapes(ops)
     ops = _merge_duplicates(ops, keep)
-    return _drop_dead(ops, keep)
+    return _cache_writes_last(_drop_dead(ops, keep), keep)
 
 
 def _producers(ops: list[Op]) -> dict[int, Op]:
@@ -172,6 +172,27 @@ def _merge_duplicates(ops: list[Op], keep: set[int]) -> list[Op]:
         seen[key] = list(op.outputs)
         result.append(op)
     return result
+
+
+def _cache_writes_last(ops: list[Op], keep: set[int]) -> list[Op]:
+    """Move the cache writes (DYNAMIC_UPDATE_SLICE ops whose output is a signature output and
+    read by no other op) after everything else, in their order.
+
+    XNNPACK does not take DYNAMIC_UPDATE_SLICE; written between blocks, each write would cut
+    the delegated graph into one partition per block, each with its own workspace (about
+    0.7 MiB per block on SmolLM2 at prefill 128). Attention reads the cache as it was, so the
+    writes can all wait: the runtime then delegates the blocks as one partition. Running a
+    write after every read of its cache is also what makes binding one buffer as a cache's
+    input and output safe.
+    """
+    read = {i for op in ops for i in op.inputs}
+    last = [
+        op
+        for op in ops
+        if op.op == "DYNAMIC_UPDATE_SLICE" and op.outputs[0] in keep and op.outputs[0] not in read
+    ]
+    moved = {id(op) for op in last}
+    return [op for op in ops if id(op) not in moved] + last
 
 
 def _drop_dead(ops: list[Op], keep: set[int]) -> list[Op]:

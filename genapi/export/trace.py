@@ -156,7 +156,7 @@ def trace_signature(model: DecoderLM, spec: SignatureSpec) -> SignatureTrace:
                 x,
                 torch.zeros((t, rotary_dim), dtype=torch.float32, device=device),
                 torch.zeros((t, rotary_dim), dtype=torch.float32, device=device),
-                mask,
+                torch.zeros((1, 1, t, s + t), dtype=dtype, device=device),  # see split_mask
                 input_pos,
                 torch.zeros(k_shape, dtype=dtype, device=device),
                 torch.zeros(v_shape, dtype=dtype, device=device),

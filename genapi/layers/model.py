@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from genapi.layers.attention import causal_mask, sliding_window_mask
+from genapi.layers.attention import causal_mask, sliding_window_mask, split_mask
 from genapi.layers.block import DecoderBlock
 from genapi.layers.config import KVLayout, RotaryConfig, TransformerConfig
 from genapi.layers.kv_cache import KVCache
@@ -20,7 +20,7 @@ class AttentionContext:
     """What every block's attention needs besides its own input: rotary tables and masks."""
 
     ropes: list[tuple[torch.Tensor, torch.Tensor]]  # (cos, sin) [T, R] per distinct rotary
-    masks: list[torch.Tensor]  # additive [B or 1, 1, T, S]; [0] is the full causal mask
+    masks: list[torch.Tensor]  # additive [B or 1, 1, T, S + T] (`split_mask`); [0]: causal
     rope_of_block: list[int]  # block index -> index into ropes
     mask_of_block: list[int]  # block index -> index into masks
 
@@ -151,7 +151,7 @@ class DecoderLM(nn.Module):
         ]
         return AttentionContext(
             ropes=ropes,
-            masks=masks,
+            masks=[split_mask(m, input_pos) for m in masks],
             rope_of_block=list(self._rotary_of_block),
             mask_of_block=mask_of_block,
         )
