@@ -5,9 +5,11 @@ evaluation text fits), reports file size against fp32, the teacher-forced accura
 against the float32 PyTorch model over `genapi/data/eval_prose.txt` (top-1 agreement,
 perplexity of both, max logit error), and the greedy answer to the chat prompt.
 
-    python benchmarks/quantization.py [smollm2|gemma3] [recipe[:block] ...]
+    python benchmarks/quantization.py [smollm2|gemma3] [--calibrate] [recipe[:block] ...]
 
 Defaults: smollm2 with none, fp16, dynamic_int8, weight_only_int8, dynamic_int4:32/64/128.
+`--calibrate` converts with calibration over `genapi/data/calibration_prose.txt` (see
+`genapi.export.calibrate`; never the evaluation text).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 
 import genapi
 from genapi.evaluation import accuracy_report, reference_logits, text_ids
+from genapi.export.calibrate import default_text as default_calibration_text
 from genapi.runtime import LiteRTGenerator
 from genapi.runtime.generator import prompt_ids
 
@@ -42,7 +45,9 @@ def _checkpoint(name: str) -> str:
     return {"smollm2": smollm2_gguf, "gemma3": gemma3_gguf}[name]()
 
 
-def evaluate(name: str, recipes: list[str], folder: str) -> Iterator[dict]:
+def evaluate(
+    name: str, recipes: list[str], folder: str, *, calibrate: bool = False
+) -> Iterator[dict]:
     """Convert `name` with each recipe into `folder` and yield its figures, one recipe at a time.
 
     Each result holds the recipe, the file size, the conversion seconds, the AccuracyReport
@@ -52,6 +57,7 @@ def evaluate(name: str, recipes: list[str], folder: str) -> Iterator[dict]:
     tokenizer = genapi.open_tokenizer(checkpoint)
     model = genapi.load(checkpoint)
     ids = text_ids(tokenizer)
+    calibration = text_ids(tokenizer, default_calibration_text()) if calibrate else None
     reference = reference_logits(model, ids)
     chat = prompt_ids(tokenizer, QUESTION, chat=tokenizer.chat_template is not None)
     for entry in recipes:
@@ -67,6 +73,7 @@ def evaluate(name: str, recipes: list[str], folder: str) -> Iterator[dict]:
             quantize=recipe,
             block_size=int(block or 32),
             weights=genapi.model_weights(checkpoint),
+            calibration=calibration,
         )
         seconds = time.perf_counter() - start
         report = accuracy_report(path, model, ids, reference=reference)
@@ -87,10 +94,12 @@ def evaluate(name: str, recipes: list[str], folder: str) -> Iterator[dict]:
 def main() -> None:
     args = sys.argv[1:]
     name = args.pop(0) if args and args[0] in ("smollm2", "gemma3") else "smollm2"
+    calibrate = "--calibrate" in args
+    args = [a for a in args if a != "--calibrate"]
     recipes = args or DEFAULT_RECIPES
     sizes = {}
     with tempfile.TemporaryDirectory() as folder:
-        for result in evaluate(name, recipes, folder):
+        for result in evaluate(name, recipes, folder, calibrate=calibrate):
             entry = result["recipe"]
             sizes[entry] = result["file_bytes"]
             ratio = sizes[entry] / sizes.get("none", sizes[entry])

@@ -106,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
         "repeatable",
     )
     conv.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="round the int8/int4 weights to lose less accuracy (smoothing for dynamic "
+        "recipes, error-compensating rounding) over a calibration text; same file format, "
+        "slower conversion (loads the model)",
+    )
+    conv.add_argument(
+        "--calibration-text",
+        default=None,
+        metavar="FILE",
+        help="the text --calibrate uses (default: genapi's own prose, data/calibration_prose.txt)",
+    )
+    conv.add_argument(
         "--prefill-lengths",
         type=_int_list,
         default=(8, 64, 128),
@@ -425,6 +438,31 @@ def _quant_recipe(args: argparse.Namespace):
     return recipe(args.quantize, block_size=args.block_size, overrides=dict(args.quantize_part))
 
 
+def _calibration_ids(args: argparse.Namespace, ckpt) -> list[int] | None:
+    """Token ids of the calibration text, when `--calibrate` is given."""
+    if args.calibration_text is not None and not args.calibrate:
+        raise ValueError("--calibration-text applies only with --calibrate")
+    if not args.calibrate:
+        return None
+    from genapi.evaluation import text_ids
+    from genapi.export.calibrate import default_text
+    from genapi.loading.checkpoint import open_tokenizer
+
+    text = default_text()
+    if args.calibration_text is not None:
+        if not os.path.isfile(args.calibration_text):
+            raise FileNotFoundError(f"no such calibration text: {args.calibration_text!r}")
+        with open(args.calibration_text, encoding="utf-8") as f:
+            text = f.read()
+    ids = text_ids(open_tokenizer(ckpt), text)
+    if len(ids) < 64:
+        raise ValueError(
+            f"calibration text {args.calibration_text!r} has {len(ids)} tokens; give at least "
+            "64 (a few hundred words of ordinary prose)"
+        )
+    return ids
+
+
 def _convert(args: argparse.Namespace) -> int:
     from genapi.bundle import bundle_kind
     from genapi.export.llm import export_llm
@@ -445,6 +483,7 @@ def _convert(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"output folder {folder!r} does not exist")
     start = time.perf_counter()
     ckpt = open_checkpoint(args.source, architecture=args.architecture)
+    calibration = _calibration_ids(args, ckpt)
     path = export_llm(
         build_model(ckpt.config, device="meta"),
         args.output,
@@ -456,6 +495,7 @@ def _convert(args: argparse.Namespace) -> int:
         quantize=_quant_recipe(args),
         weights=model_weights(ckpt),
         progress=True,
+        calibration=calibration,
     )
     size = path.stat().st_size / 2**20
     print(f"wrote {path} ({size:.1f} MiB) in {time.perf_counter() - start:.1f} s")

@@ -51,6 +51,22 @@ def test_convert_then_inspect(tmp_path, checkpoint, capsys):
         (["convert", "{ckpt}", "-o", "{tmp}/m.tflite", "--kv-layout", "nhwc"], "kv_layout='nhwc'"),
         (["convert", "{ckpt}", "-o", "{tmp}/m.tflite", "--prefill-lengths", "0"], "length 0"),
         (["inspect", "{tmp}/missing.tflite"], "missing.tflite"),
+        (
+            ["convert", "{ckpt}", "-o", "{tmp}/m.tflite", "--calibration-text", "{tmp}/t.txt"],
+            "--calibration-text applies only with --calibrate",
+        ),
+        (
+            [
+                "convert",
+                "{ckpt}",
+                "-o",
+                "{tmp}/m.tflite",
+                "--calibrate",
+                "--calibration-text",
+                "{tmp}/none.txt",
+            ],
+            "no such calibration text",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, checkpoint, capsys, args, message):

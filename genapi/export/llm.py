@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from genapi.export import lowerings  # noqa: F401  (registers the lowering table)
+from genapi.export.calibrate import CalibrationOptions, calibrated_weights
 from genapi.export.lower import Const, LoweringContext, Tensor, lower_program
 from genapi.export.quantize import QuantRecipe, recipe
 from genapi.export.tflite_writer import ModelBuilder
@@ -75,6 +76,8 @@ def export_llm(
     weights: Mapping[str, torch.Tensor] | None = None,
     timings: dict[str, float] | None = None,
     progress: bool = False,
+    calibration: Sequence[int] | None = None,
+    calibration_options: CalibrationOptions | None = None,
 ) -> Path:
     """Convert `model` to a `.tflite` file with `prefill_<T>` and `decode` signatures.
 
@@ -96,8 +99,17 @@ def export_llm(
         block_size: columns per int4 block (32, 64 or 128) for a recipe given by name.
         weights: genapi parameter name -> tensor, for a model on the meta device (or to
             override the model's own weights).
-        timings: if given, filled with wall seconds per stage: "trace", "lower", "write".
+        timings: if given, filled with wall seconds per stage: "trace", "lower", "write"
+            (and "calibrate" when calibrating).
         progress: show a progress bar while writing, when stderr is a terminal.
+        calibration: token ids of a calibration text (e.g. `genapi.evaluation.text_ids(
+            tokenizer, genapi.export.calibrate.default_text())`): the int8 and int4 weights
+            are then rounded to lose less accuracy (see `genapi.export.calibrate`), in the
+            same stored format. This loads the model: its float32 weights are held in memory
+            (read from `weights` for a model on the meta device) while calibrating. Ignored
+            by recipes without int8 or int4 weights.
+        calibration_options: a `genapi.export.calibrate.CalibrationOptions`; defaults to
+            smoothing (alpha 0.5, dynamic recipes only) and error-compensating rounding.
 
     Returns:
         The path written.
@@ -120,6 +132,13 @@ def export_llm(
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
     model = model.eval()
+    if calibration is not None and any(p.scheme in ("int8", "int4") for p in quant.parts.values()):
+        start = time.perf_counter()
+        weights = calibrated_weights(
+            model, quant, calibration, weights=weights, options=calibration_options
+        )
+        if timings is not None:
+            timings["calibrate"] = time.perf_counter() - start
     on_meta = next(model.parameters()).device.type == "meta"
     if on_meta and weights is None:
         raise ValueError("the model is on the meta device; pass weights= to supply its tensors")
