@@ -677,6 +677,21 @@ def _stream(tokenizer, tokens, *, limit: int) -> tuple[float | None, int, str]:
 DEMO_RECIPE = "dynamic_int8"
 
 
+def _converter_fingerprint() -> str:
+    """A short hash of the sources that decide what a converted file holds, so that the
+    demo converts again after genapi changes instead of running a file an older one wrote."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for folder in ("export", "layers", "models"):
+        for source in sorted((root / folder).rglob("*.py")):
+            digest.update(source.relative_to(root).as_posix().encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Convert the embedded SmolLM2-135M-Instruct once (reused later) and run the file."""
     from genapi.defaults import DEFAULT_PROMPT, default_checkpoint
@@ -687,8 +702,14 @@ def _demo(args: argparse.Namespace) -> int:
     ckpt = open_checkpoint(default_checkpoint())
     cache = os.environ.get("GENAPI_CACHE", os.path.expanduser("~/.cache/genapi"))
     os.makedirs(cache, exist_ok=True)
-    path = os.path.join(cache, f"{ckpt.config.name}-{DEMO_RECIPE}.tflite")
+    stem = f"{ckpt.config.name}-{DEMO_RECIPE}"
+    path = os.path.join(cache, f"{stem}-{_converter_fingerprint()}.tflite")
     if not os.path.isfile(path):
+        # Files an earlier genapi wrote (and their weight caches) are out of date.
+        for name in os.listdir(cache):
+            if name.startswith(stem) and not name.startswith(os.path.basename(path)):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(cache, name))
         print(f"[converting {ckpt.path.name} to {path} ({DEMO_RECIPE})]", file=sys.stderr)
         start = time.perf_counter()
         meta = build_model(ckpt.config, device="meta")
