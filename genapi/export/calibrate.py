@@ -354,16 +354,7 @@ def calibrate(
         context = model.attention_context(input_pos, cache.cache_len)
 
         def run(i, block, x):
-            out, _, _ = block(
-                x,
-                rope=context.rope_of(i),
-                input_pos=input_pos,
-                mask=context.mask_of(i),
-                k_cache=cache.k[i],
-                v_cache=cache.v[i],
-                layout=cache.layout,
-            )
-            return out
+            return model.run_block(i, x, input_pos=input_pos, context=context, kv_cache=cache)[0]
 
         for i, block in enumerate(model.blocks):
             linears = _linears(block)

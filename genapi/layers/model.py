@@ -118,19 +118,31 @@ class DecoderLM(nn.Module):
         context = self.attention_context(input_pos, kv_cache.cache_len, mask=mask)
 
         new_k, new_v = [], []
-        for i, block in enumerate(self.blocks):
-            x, k, v = block(
-                x,
-                rope=context.rope_of(i),
-                input_pos=input_pos,
-                mask=context.mask_of(i),
-                k_cache=kv_cache.k[i],
-                v_cache=kv_cache.v[i],
-                layout=kv_cache.layout,
-            )
+        for i in range(len(self.blocks)):
+            x, k, v = self.run_block(i, x, input_pos=input_pos, context=context, kv_cache=kv_cache)
             new_k.append(k)
             new_v.append(v)
         return x, KVCache(k=new_k, v=new_v, layout=kv_cache.layout)
+
+    def run_block(
+        self,
+        i: int,
+        x: torch.Tensor,
+        *,
+        input_pos: torch.Tensor,
+        context: AttentionContext,
+        kv_cache: KVCache,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Block `i` on hidden states x [B, T, C]: its output and its updated k and v caches."""
+        return self.blocks[i](
+            x,
+            rope=context.rope_of(i),
+            input_pos=input_pos,
+            mask=context.mask_of(i),
+            k_cache=kv_cache.k[i],
+            v_cache=kv_cache.v[i],
+            layout=kv_cache.layout,
+        )
 
     def attention_context(
         self, input_pos: torch.Tensor, cache_len: int, *, mask: torch.Tensor | None = None
