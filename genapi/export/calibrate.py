@@ -57,7 +57,8 @@ class CalibrationOptions:
     """How to calibrate.
 
     smooth_alpha: migration strength of smoothing, in [0, 1]; None: no smoothing. Applied
-        only to dynamic parts (weight-only parts compute with float activations).
+        only to dynamic int8 parts (weight-only parts compute with float activations; int4
+        blocks are too coarse to take the activations' range).
     gptq: error-compensating rounding of the int8 and int4 linear weights (and of the output
         head, or of a tied embedding table when it shares the head's format).
     damp: dampening added to the diagonal of H, as a share of its mean diagonal.
@@ -319,6 +320,14 @@ def _smooth_block(block, stats: dict[str, _Inputs], alpha: float, parts: set[str
 # -- the whole model ------------------------------------------------------------------------
 
 
+def _smooths(part: PartQuant) -> bool:
+    """Whether smoothing pays for `part`: int8 rows with int8 activations (the hybrid kernels).
+    Int4 blocks have 16 levels: moving activation range into them costs more in the weights
+    than it saves in the activations (on SmolLM2 it turned Q4_1 blocks, which int4 blocks
+    with offsets hold almost exactly, into blocks that lose precision)."""
+    return part.dynamic and part.scheme == "int8"
+
+
 def _part_quant(quant: QuantRecipe, name: str) -> PartQuant:
     return quant.part("attention" if ".attention." in name else "feed_forward")
 
@@ -358,13 +367,13 @@ def calibrate(
 
         for i, block in enumerate(model.blocks):
             linears = _linears(block)
-            dynamic = {p for p in ("attention", "feed_forward") if quant.part(p).dynamic}
-            if options.smooth_alpha is not None and dynamic:
+            smoothed = {p for p in ("attention", "feed_forward") if _smooths(quant.part(p))}
+            if options.smooth_alpha is not None and smoothed:
                 stats, handles = _record(linears)
                 run(i, block, x)
                 for h in handles:
                     h.remove()
-                _smooth_block(block, stats, options.smooth_alpha, dynamic)
+                _smooth_block(block, stats, options.smooth_alpha, smoothed)
             if options.gptq:
                 stats, handles = _record(linears)
                 run(i, block, x)
