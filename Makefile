@@ -41,7 +41,7 @@ cpp-deps:
 # checkpoints into ~/.cache/genapi-bench the first time); about 40 GB of disk.
 # bench-peers: llama.cpp, litert-torch and ExecuTorch in their own environments under
 # ~/.cache/genapi-bench/peers (about 30 minutes to set up and 20-60 more to export ExecuTorch's
-# .pte files the first time), docs/peers.md.
+# .pte files the first time), docs/peers.md and docs/peers_accuracy.md.
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP)
@@ -57,6 +57,7 @@ bench-scale: $(STAMP)
 bench-peers: $(STAMP)
 	sh benchmarks/peers/setup.sh
 	$(BIN)/python benchmarks/peers/compare.py --out docs
+	$(BIN)/python benchmarks/peers/accuracy.py --out docs --calibrate
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

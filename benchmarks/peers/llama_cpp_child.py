@@ -2,6 +2,11 @@
 
     python llama_cpp_child.py prepare SOURCE.gguf FOLDER   # F32, Q8_0, Q4_0 files, once
     python llama_cpp_child.py measure MODEL.gguf            # one JSON line
+    python llama_cpp_child.py agreement FOLDER IDS.json     # one JSON line
+
+`agreement` feeds the token ids (teacher-forced, one pass) through the F32 file and each
+quantized one and reports, per format, top-1 agreement with F32 and perplexity: the figures
+genapi's accuracy report gives, computed by llama.cpp on its own formats.
 
 `prepare` requantizes the shipped Q4_1 file with llama.cpp's own quantizer (F32 is the Q4_1
 weights dequantized, the same values genapi converts). `measure` times a 128-token prefill
@@ -90,8 +95,44 @@ def measure(path: Path) -> None:
     )
 
 
+def _teacher_forced(path: Path, ids: list[int]) -> np.ndarray:
+    llm = llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=len(ids),
+        n_batch=len(ids),
+        n_threads=2,
+        n_threads_batch=2,
+        logits_all=True,
+        verbose=False,
+    )
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float64)
+
+
+def _perplexity(logits: np.ndarray, ids: list[int]) -> float:
+    x = logits[:-1] - logits[:-1].max(axis=1, keepdims=True)
+    log_probs = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    return float(np.exp(-log_probs[np.arange(len(ids) - 1), ids[1:]].mean()))
+
+
+def agreement(folder: Path, ids_file: Path) -> None:
+    ids = json.loads(ids_file.read_text())
+    reference = _teacher_forced(folder / "smollm2-135m-F32.gguf", ids)
+    result = {"tokens": len(ids), "F32": {"perplexity": _perplexity(reference, ids)}}
+    for name in FTYPES:
+        if name != "F32":
+            logits = _teacher_forced(folder / f"smollm2-135m-{name}.gguf", ids)
+            result[name] = {
+                "top1_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
+                "perplexity": _perplexity(logits, ids),
+            }
+    print(json.dumps(result))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "prepare":
         prepare(Path(sys.argv[2]), Path(sys.argv[3]))
+    elif sys.argv[1] == "agreement":
+        agreement(Path(sys.argv[2]), Path(sys.argv[3]))
     else:
         measure(Path(sys.argv[2]))

@@ -41,6 +41,7 @@ from genapi.export.quantize import (
     int4_blockwise_asymmetric,
     int8_per_channel,
 )
+from genapi.layers.norm import RMSNorm
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ def _smooth_block(block, stats: dict[str, _Inputs], alpha: float, parts: set[str
     with torch.no_grad():
         if "attention" in parts and cfg.residual == "sequential":
             norm = block.pre_attention_norm
-            if type(norm).__name__ == "RMSNorm" and not norm.zero_centered:
+            if isinstance(norm, RMSNorm) and not norm.zero_centered:
                 projections = [attn.q_proj, attn.k_proj, attn.v_proj]
                 s = _smoothing_factors(
                     stats["attention.q_proj"].absmax, [p.weight for p in projections], alpha
@@ -299,7 +300,7 @@ def _smooth_block(block, stats: dict[str, _Inputs], alpha: float, parts: set[str
             norm = block.pre_feed_forward_norm
             if (
                 norm is not None
-                and type(norm).__name__ == "RMSNorm"
+                and isinstance(norm, RMSNorm)
                 and not norm.zero_centered
                 and cfg.residual == "sequential"
             ):
