@@ -438,18 +438,25 @@ def _quant_recipe(args: argparse.Namespace):
     return recipe(args.quantize, block_size=args.block_size, overrides=dict(args.quantize_part))
 
 
-def _calibration_ids(args: argparse.Namespace, ckpt) -> list[int] | None:
+def _calibration_ids(args: argparse.Namespace, ckpt, quant) -> list[int] | None:
     """Token ids of the calibration text, when `--calibrate` is given."""
     if args.calibration_text is not None and not args.calibrate:
         raise ValueError("--calibration-text applies only with --calibrate")
     if not args.calibrate:
         return None
+    if not any(part.scheme in ("int8", "int4") for part in quant.parts.values()):
+        raise ValueError(
+            f"--calibrate applies to int8 and int4 recipes (dynamic_int8, weight_only_int8, "
+            f"dynamic_int4), not to --quantize {quant.name}"
+        )
     from genapi.evaluation import text_ids
     from genapi.export.calibrate import default_text
     from genapi.loading.checkpoint import open_tokenizer
 
     text = default_text()
     if args.calibration_text is not None:
+        if os.path.isdir(args.calibration_text):
+            raise ValueError(f"calibration text {args.calibration_text!r} is a folder, not a file")
         if not os.path.isfile(args.calibration_text):
             raise FileNotFoundError(f"no such calibration text: {args.calibration_text!r}")
         with open(args.calibration_text, encoding="utf-8") as f:
@@ -483,7 +490,8 @@ def _convert(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"output folder {folder!r} does not exist")
     start = time.perf_counter()
     ckpt = open_checkpoint(args.source, architecture=args.architecture)
-    calibration = _calibration_ids(args, ckpt)
+    quant = _quant_recipe(args)
+    calibration = _calibration_ids(args, ckpt, quant)
     path = export_llm(
         build_model(ckpt.config, device="meta"),
         args.output,
@@ -492,7 +500,7 @@ def _convert(args: argparse.Namespace) -> int:
         kv_layout=args.kv_layout,
         mask_input=args.mask_input,
         prefill_logits=args.prefill_logits,
-        quantize=_quant_recipe(args),
+        quantize=quant,
         weights=model_weights(ckpt),
         progress=True,
         calibration=calibration,

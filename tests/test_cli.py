@@ -61,11 +61,17 @@ def test_convert_then_inspect(tmp_path, checkpoint, capsys):
                 "{ckpt}",
                 "-o",
                 "{tmp}/m.tflite",
+                "--quantize",
+                "dynamic_int8",
                 "--calibrate",
                 "--calibration-text",
                 "{tmp}/none.txt",
             ],
             "no such calibration text",
+        ),
+        (
+            ["convert", "{ckpt}", "-o", "{tmp}/m.tflite", "--quantize", "fp16", "--calibrate"],
+            "--calibrate applies to int8 and int4 recipes",
         ),
     ],
 )
