@@ -356,6 +356,13 @@ def calibrate(
         to `genapi.export_llm` with the same recipe.
     """
     model = copy.deepcopy(model).float().eval()
+    _calibrate_in_place(model, quant, ids, options)
+    # The copy is this function's own: its parameters can be handed out as they are.
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+def _calibrate_in_place(model, quant: QuantRecipe, ids, options: CalibrationOptions) -> None:
+    """`calibrate` on a float32 `model` in eval mode, changing its weights."""
     tokens = torch.tensor([list(ids)], dtype=torch.long)
     with torch.no_grad():
         x = model.embed(tokens)
@@ -401,7 +408,6 @@ def calibrate(
             x = run(i, block, x)
         if options.gptq:
             _calibrate_head(model, quant, model.final_norm(x), options)
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 def calibrated_weights(
@@ -420,22 +426,26 @@ def calibrated_weights(
     """
     from genapi.models import build_model
 
+    options = options or CalibrationOptions()
     on_meta = next(model.parameters()).device.type == "meta"
-    if on_meta or weights is not None:
-        real = build_model(model.config)
-        names = dict(real.named_parameters())
-        with torch.no_grad():
-            for name, param in names.items():
-                source = weights if weights is not None and name in weights else None
-                if source is None:
-                    if on_meta:
-                        raise ValueError(f"no weight for {name!r} to calibrate with")
-                    source = dict(model.named_parameters())
-                param.copy_(source[name].detach().to(torch.float32))
-        real.reset_buffers(device="cpu")
-        model = real
-    logger.info("calibrating %s for %s over %d tokens", model.config.name, quant.name, len(ids))
-    return calibrate(model, quant, ids, options or CalibrationOptions())
+    if not on_meta and weights is None:
+        logger.info("calibrating %s for %s over %d tokens", model.config.name, quant.name, len(ids))
+        return calibrate(model, quant, ids, options)
+    real = build_model(model.config)
+    names = dict(real.named_parameters())
+    with torch.no_grad():
+        for name, param in names.items():
+            source = weights if weights is not None and name in weights else None
+            if source is None:
+                if on_meta:
+                    raise ValueError(f"no weight for {name!r} to calibrate with")
+                source = dict(model.named_parameters())
+            param.copy_(source[name].detach().to(torch.float32))
+    real.reset_buffers(device="cpu")
+    # The model built here is nobody else's: calibrate it in place instead of in a copy.
+    logger.info("calibrating %s for %s over %d tokens", real.config.name, quant.name, len(ids))
+    _calibrate_in_place(real.float().eval(), quant, ids, options)
+    return {name: p.detach() for name, p in real.named_parameters()}
 
 
 def _calibrate_head(model, quant: QuantRecipe, x: torch.Tensor, options) -> None:
