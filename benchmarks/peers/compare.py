@@ -30,6 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+from child_common import PROMPT  # noqa: E402
 from convert import TIME_BINARY, _peak_rss_bytes, _wall_seconds  # noqa: E402
 from report import measure_conversion, measure_speed  # noqa: E402
 
@@ -44,7 +45,6 @@ WIDTHS = {
     "int4": {"genapi": "dynamic_int4", "llama-cpp": "Q4_0", "executorch": "8da4w"},
 }
 PEER_NAMES = ("llama-cpp", "litert-torch", "executorch")
-PROMPT = list(range(100, 228))  # the prompt of every child script
 
 
 def _python(peer: str) -> Path | None:
@@ -149,22 +149,33 @@ def write_hf_folder(folder: Path) -> None:
     model.save_pretrained(folder)
 
 
+def _built_artefacts(peer: str, widths: list[str], suffix: str, command, measurer) -> dict:
+    """{width: (speed measurer, figures)} for `peer`'s artefact of each width, built once by
+    `command(recipe, path)` (see `_build_once`); `measurer(path)` times it."""
+    built = {}
+    for width in widths:
+        recipe = WIDTHS[width].get(peer)
+        if recipe is None:
+            continue
+        path = ARTIFACTS / peer / f"smollm2-135m-{recipe}{suffix}"
+        figures = _build_once(peer, recipe, path, command(recipe, path))
+        if figures is not None:
+            built[width] = (measurer(path), figures)
+    return built
+
+
 def litert_torch(widths: list[str], work: Path) -> dict[str, tuple]:
     python = _python("litert-torch")
     if python is None:
         return {}
-    checkpoint = hf_folder()
-    built = {}
-    for width in widths:
-        recipe = WIDTHS[width].get("litert-torch")
-        if recipe is None:
-            continue
-        path = ARTIFACTS / "litert-torch" / f"smollm2-135m-{recipe}.tflite"
-        command = [str(python), str(HERE / "litert_torch_child.py"), str(checkpoint), recipe]
-        figures = _build_once("litert-torch", recipe, path, [*command, str(path)])
-        if figures is not None:
-            built[width] = (lambda path=path: measure_speed(path, work), figures)
-    return built
+    child = [str(python), str(HERE / "litert_torch_child.py"), str(hf_folder())]
+    return _built_artefacts(
+        "litert-torch",
+        widths,
+        ".tflite",
+        command=lambda recipe, path: [*child, recipe, str(path)],
+        measurer=lambda path: lambda: measure_speed(path, work),
+    )
 
 
 def executorch(widths: list[str], work: Path) -> dict[str, tuple]:
@@ -173,19 +184,14 @@ def executorch(widths: list[str], work: Path) -> dict[str, tuple]:
     if python is None:
         return {}
     child = [str(python), str(HERE / "executorch_child.py")]
-    checkpoint = hf_folder()
-    built = {}
-    for width in widths:
-        recipe = WIDTHS[width].get("executorch")
-        if recipe is None:
-            continue
-        path = ARTIFACTS / "executorch" / f"smollm2-135m-{recipe}.pte"
-        figures = _build_once(
-            "executorch", recipe, path, [*child, "export", str(checkpoint), recipe, str(path)]
-        )
-        if figures is not None:
-            built[width] = (_json_measurer([*child, "measure", str(path)]), figures)
-    return built
+    checkpoint = str(hf_folder())
+    return _built_artefacts(
+        "executorch",
+        widths,
+        ".pte",
+        command=lambda recipe, path: [*child, "export", checkpoint, recipe, str(path)],
+        measurer=lambda path: _json_measurer([*child, "measure", str(path)]),
+    )
 
 
 GENAPI_TOKENS = r"""
