@@ -26,22 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-PROMPT = list(range(100, 228))
-STEPS = 32
+from child_common import PROMPT, STEPS, print_figures, status_bytes
+
 CACHE = 512
 # export_llama options for each recipe, on top of the common ones in `export`.
 RECIPES = {
     "fp32": [],
     "8da4w": ["--quantization_mode", "8da4w", "--group_size", "32", "-E", "4,32"],
 }
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
 
 
 def _unpermute(weight, heads: int):
@@ -157,7 +149,7 @@ def measure(path: Path) -> None:
     from executorch.extension.pybindings import portable_lib
 
     portable_lib._unsafe_reset_threadpool(2)
-    baseline = _status("VmRSS")
+    baseline = status_bytes("VmRSS")
     module = portable_lib._load_for_executorch(str(path))
 
     def run(tokens: list[int], start: int) -> int:
@@ -177,18 +169,8 @@ def measure(path: Path) -> None:
             tokens.append(token)
         decode.append((time.perf_counter() - start) / STEPS)
         generated = generated or tokens
-    print(
-        json.dumps(
-            {
-                "prefill_ms": 1000 * min(prefill),
-                "decode_ms": 1000 * min(decode),
-                "runtime_rss": _status("VmHWM") - baseline,
-                "file_bytes": path.stat().st_size,
-                "threads": portable_lib._threadpool_get_thread_count(),
-                "tokens": generated,
-            }
-        )
-    )
+    threads = portable_lib._threadpool_get_thread_count()
+    print_figures(path, prefill, decode, baseline, threads=threads, tokens=generated)
 
 
 if __name__ == "__main__":

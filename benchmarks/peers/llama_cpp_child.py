@@ -24,19 +24,10 @@ from pathlib import Path
 
 import llama_cpp
 import numpy as np
+from child_common import PROMPT, STEPS, print_figures, status_bytes
 
 # llama.cpp file types (enum llama_ftype).
 FTYPES = {"F32": 0, "Q8_0": 7, "Q4_0": 2}
-PROMPT = list(range(100, 228))
-STEPS = 32
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
 
 
 def prepare(source: Path, folder: Path) -> None:
@@ -59,7 +50,7 @@ def prepare(source: Path, folder: Path) -> None:
 
 
 def measure(path: Path) -> None:
-    baseline = _status("VmRSS")
+    baseline = status_bytes("VmRSS")
     llm = llama_cpp.Llama(
         model_path=str(path),
         n_ctx=512,
@@ -82,17 +73,7 @@ def measure(path: Path) -> None:
             token = int(np.argmax(logits))
             llm.eval([token])
         decode.append((time.perf_counter() - start) / STEPS)
-    print(
-        json.dumps(
-            {
-                "prefill_ms": 1000 * min(prefill),
-                "decode_ms": 1000 * min(decode),
-                "runtime_rss": _status("VmHWM") - baseline,
-                "file_bytes": path.stat().st_size,
-                "version": llama_cpp.__version__,
-            }
-        )
-    )
+    print_figures(path, prefill, decode, baseline, version=llama_cpp.__version__)
 
 
 def _teacher_forced(path: Path, ids: list[int]) -> np.ndarray:
